@@ -1,0 +1,11 @@
+# CPU image for web, worker and beat. The GPU variant arrives with the model runtime.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 SORA_DATA_DIR=/data
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY . .
+RUN DJANGO_SETTINGS_MODULE=sora_web.settings.local python manage.py collectstatic --noinput --verbosity 0
+EXPOSE 8000
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "sora_web.asgi:application"]

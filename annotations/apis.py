@@ -1,0 +1,242 @@
+"""REST API v1 for items, the queue and reviews (PRODUCT.md §5). Views only parse, call, shape."""
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import roles, selectors, services
+from .models import Generation, Item, Review
+
+
+class HasRole(BasePermission):
+    """Lets a view name the roles that may call it: `permission_classes = [HasRole.of(...)]`."""
+
+    roles: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, *names: str) -> type["HasRole"]:
+        return type(f"HasRole_{'_'.join(names)}", (cls,), {"roles": names})
+
+    def has_permission(self, request, view) -> bool:
+        return roles.has_role(request.user, *self.roles)
+
+
+def no_null_characters(value):
+    """PostgreSQL cannot store NUL in text or JSON: refuse it at the edge, anywhere in a structure."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise serializers.ValidationError("Null characters are not allowed.")
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            no_null_characters(key)
+            no_null_characters(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            no_null_characters(inner)
+
+
+# --- Output -----------------------------------------------------------------
+
+
+class GenerationOutputSerializer(serializers.ModelSerializer):
+    model_version = serializers.CharField(source="model_version.name", default=None)
+
+    class Meta:
+        model = Generation
+        fields = ["id", "source", "status", "text", "model_version", "error", "created_at", "finished_at"]
+
+
+class ReviewOutputSerializer(serializers.ModelSerializer):
+    reviewer = serializers.CharField(source="reviewer.username")
+
+    class Meta:
+        model = Review
+        fields = [
+            "id",
+            "item",
+            "reviewer",
+            "decision",
+            "final_text",
+            "reason",
+            "scores",
+            "item_version",
+            "time_spent_ms",
+            "created_at",
+        ]
+
+
+class ItemOutputSerializer(serializers.ModelSerializer):
+    domain = serializers.CharField(source="domain.slug")
+    approvals_required = serializers.IntegerField(source="domain.approvals_required")
+    lease_owner = serializers.CharField(source="lease_owner.username", default=None)
+
+    class Meta:
+        model = Item
+        fields = [
+            "id",
+            "domain",
+            "status",
+            "version",
+            "priority",
+            "external_id",
+            "input",
+            "metadata",
+            "draft",
+            "final_text",
+            "approvals",
+            "approvals_required",
+            "lease_owner",
+            "lease_expires_at",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class ItemDetailOutputSerializer(ItemOutputSerializer):
+    generations = GenerationOutputSerializer(many=True)
+    reviews = ReviewOutputSerializer(many=True)
+
+    class Meta(ItemOutputSerializer.Meta):
+        fields = [*ItemOutputSerializer.Meta.fields, "generations", "reviews"]
+
+
+class ReviewResultSerializer(ReviewOutputSerializer):
+    item = ItemOutputSerializer()
+
+
+# --- Items ------------------------------------------------------------------
+
+
+class ItemListCreateApi(APIView):
+    class ItemCreateInputSerializer(serializers.Serializer):
+        domain = serializers.CharField(max_length=64)
+        input = serializers.CharField(max_length=settings.SORA_MAX_INPUT_CHARS)
+        external_id = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+        metadata = serializers.DictField(required=False, default=dict, validators=[no_null_characters])
+        draft = serializers.CharField(max_length=settings.SORA_MAX_INPUT_CHARS, required=False)
+        priority = serializers.IntegerField(min_value=-100, max_value=100, required=False, default=0)
+
+    class ItemFilterSerializer(serializers.Serializer):
+        domain = serializers.CharField(max_length=64, required=False)
+        status = serializers.ChoiceField(choices=Item.Status.choices, required=False)
+        external_id = serializers.CharField(max_length=200, required=False)
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [HasRole.of(roles.INTEGRATION, roles.MODEL_MANAGER)()]
+        return super().get_permissions()
+
+    @extend_schema(
+        parameters=[ItemFilterSerializer],
+        responses=ItemOutputSerializer(many=True),
+        summary="List the items you may see",
+    )
+    def get(self, request):
+        filters = self.ItemFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        items = selectors.item_list(user=request.user, filters=filters.validated_data)
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(items, request, view=self)
+        return paginator.get_paginated_response(ItemOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=ItemCreateInputSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        responses={201: ItemOutputSerializer, 422: OpenApiResponse(description="Idempotency-Key reused")},
+        summary="Submit work",
+    )
+    def post(self, request):
+        payload = self.ItemCreateInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and (len(key) > 255 or "\x00" in key):
+            raise ValidationError({"Idempotency-Key": ["At most 255 characters, no null characters."]})
+        item, created = services.item_submit(submitted_by=request.user, idempotency_key=key, **payload.validated_data)
+        headers = {} if created else {"Idempotent-Replayed": "true"}
+        return Response(ItemOutputSerializer(item).data, status=status.HTTP_201_CREATED, headers=headers)
+
+
+class ItemDetailApi(APIView):
+    @extend_schema(responses=ItemDetailOutputSerializer, summary="One item with its generations and reviews")
+    def get(self, request, item_id: int):
+        item = selectors.item_get_for_user(user=request.user, item_id=item_id, detail=True)
+        return Response(ItemDetailOutputSerializer(item).data)
+
+
+# --- Queue and leases -------------------------------------------------------
+
+
+class QueueClaimApi(APIView):
+    permission_classes = [HasRole.of(roles.REVIEWER)]
+
+    class ClaimInputSerializer(serializers.Serializer):
+        domain = serializers.CharField(max_length=64, required=False)
+
+    @extend_schema(
+        request=ClaimInputSerializer,
+        responses={200: ItemOutputSerializer, 204: OpenApiResponse(description="Nothing to claim")},
+        summary="Claim the next item",
+    )
+    def post(self, request):
+        payload = self.ClaimInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        item = services.item_claim_next(reviewer=request.user, domain=payload.validated_data.get("domain"))
+        if item is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(ItemOutputSerializer(item).data)
+
+
+class ItemHeartbeatApi(APIView):
+    permission_classes = [HasRole.of(roles.REVIEWER)]
+
+    @extend_schema(request=None, responses=ItemOutputSerializer, summary="Extend your lease")
+    def post(self, request, item_id: int):
+        selectors.item_get_for_user(user=request.user, item_id=item_id)
+        item = services.item_heartbeat(item_id=item_id, reviewer=request.user)
+        return Response(ItemOutputSerializer(item).data)
+
+
+class ItemReleaseApi(APIView):
+    permission_classes = [HasRole.of(roles.REVIEWER)]
+
+    @extend_schema(request=None, responses=ItemOutputSerializer, summary="Give the item back to the queue")
+    def post(self, request, item_id: int):
+        selectors.item_get_for_user(user=request.user, item_id=item_id)
+        item = services.item_release(item_id=item_id, reviewer=request.user)
+        return Response(ItemOutputSerializer(item).data)
+
+
+# --- Reviews ----------------------------------------------------------------
+
+
+class ItemReviewCreateApi(APIView):
+    permission_classes = [HasRole.of(roles.REVIEWER)]
+
+    class ReviewInputSerializer(serializers.Serializer):
+        decision = serializers.ChoiceField(choices=Review.Decision.choices)
+        version = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+        final_text = serializers.CharField(
+            max_length=settings.SORA_MAX_INPUT_CHARS, required=False, trim_whitespace=False
+        )
+        reason = serializers.CharField(max_length=5000, required=False, allow_blank=True, default="")
+        scores = serializers.DictField(
+            child=serializers.JSONField(), required=False, default=dict, validators=[no_null_characters]
+        )
+
+        def validate_final_text(self, value: str) -> str:
+            if not value.strip():
+                raise serializers.ValidationError("The approved text may not be blank.")
+            return value
+
+    @extend_schema(request=ReviewInputSerializer, responses={201: ReviewResultSerializer}, summary="Approve or reject")
+    def post(self, request, item_id: int):
+        selectors.item_get_for_user(user=request.user, item_id=item_id)
+        payload = self.ReviewInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        review = services.review_submit(item_id=item_id, reviewer=request.user, **payload.validated_data)
+        return Response(ReviewResultSerializer(review).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,85 @@
+"""Reads. `_for_user` selectors check permissions and raise, so a view cannot forget to."""
+
+from datetime import datetime
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+
+from . import roles
+from .exceptions import NotAllowed, NotFound
+from .models import Domain, Generation, Item, Review
+
+
+def domain_ids_reviewable_by(*, user: AbstractBaseUser) -> list[int]:
+    if not roles.has_role(user, roles.REVIEWER):
+        return []
+    domains = Domain.objects.filter(is_active=True)
+    if not roles.is_admin(user):
+        domains = domains.filter(reviewers=user)
+    return list(domains.values_list("id", flat=True))
+
+
+def domain_get_for_submission(*, slug: str) -> Domain | None:
+    return Domain.objects.filter(slug=slug, is_active=True).first()
+
+
+def _visible_items(*, user: AbstractBaseUser) -> QuerySet[Item]:
+    """Managers and admins see everything; reviewers their domains; integrations what they submitted."""
+    items = Item.objects.all()
+    if roles.sees_all_items(user):
+        return items
+    visible = Q(pk__in=[])
+    if roles.has_role(user, roles.REVIEWER):
+        visible |= Q(domain_id__in=domain_ids_reviewable_by(user=user))
+    if roles.has_role(user, roles.INTEGRATION):
+        visible |= Q(submitted_by=user)
+    return items.filter(visible)
+
+
+def item_list(*, user: AbstractBaseUser, filters: dict) -> QuerySet[Item]:
+    items = _visible_items(user=user).select_related("domain", "lease_owner")
+    if filters.get("domain"):
+        items = items.filter(domain__slug=filters["domain"])
+    if filters.get("status"):
+        items = items.filter(status=filters["status"])
+    if filters.get("external_id"):
+        items = items.filter(external_id=filters["external_id"])
+    return items.order_by("-created_at", "-id")
+
+
+def item_get_for_user(*, user: AbstractBaseUser, item_id: int, detail: bool = False) -> Item:
+    items = _visible_items(user=user).select_related("domain", "lease_owner")
+    if detail:
+        items = items.prefetch_related(
+            Prefetch("generations", queryset=Generation.objects.select_related("model_version")),
+            Prefetch("reviews", queryset=Review.objects.select_related("reviewer")),
+        )
+    item = items.filter(pk=item_id).first()
+    if item is None:
+        raise NotFound("Item not found.")
+    return item
+
+
+def item_get_for_reviewer(*, user: AbstractBaseUser, item_id: int) -> Item:
+    """The item, if `user` may work on its domain as a reviewer or manager (generate, claim)."""
+    item = item_get_for_user(user=user, item_id=item_id)
+    if not (roles.sees_all_items(user) or item.domain_id in domain_ids_reviewable_by(user=user)):
+        raise NotAllowed("You may not review items of this domain.")
+    return item
+
+
+def claimable_items(*, user: AbstractBaseUser, domain_ids: list[int]) -> QuerySet[Item]:
+    """Ready items of these domains that this reviewer has not already approved, best first."""
+    approved_by_user = Review.objects.filter(item=OuterRef("pk"), reviewer=user, decision=Review.Decision.APPROVE)
+    return (
+        Item.objects.filter(domain_id__in=domain_ids, status=Item.Status.READY)
+        .filter(Q(approvals=0) | ~Exists(approved_by_user))
+        .order_by("-priority", "created_at", "id")
+    )
+
+
+def expired_leases(*, domain_ids: list[int] | None, now: datetime) -> QuerySet[Item]:
+    items = Item.objects.filter(status=Item.Status.IN_REVIEW, lease_expires_at__lte=now)
+    if domain_ids is not None:
+        items = items.filter(domain_id__in=domain_ids)
+    return items.order_by("lease_expires_at")

@@ -1,0 +1,7 @@
+"""Writes. Each service checks state before acting and audits what it changed."""
+
+from .claims import item_claim_next, item_heartbeat, item_release, leases_expire
+from .items import item_submit
+from .reviews import review_submit
+
+__all__ = ["item_claim_next", "item_heartbeat", "item_release", "item_submit", "leases_expire", "review_submit"]

@@ -1,0 +1,127 @@
+"""Leases on items: claim the next one, keep it alive, give it back.
+
+PostgreSQL: the claim transaction locks the chosen row with
+SELECT … FOR UPDATE SKIP LOCKED, so concurrent reviewers pass over each
+other's candidates instead of queueing behind them. SQLite ignores FOR UPDATE;
+there every transaction is BEGIN IMMEDIATE (settings.SQLITE_OPTIONS), which
+serialises claim transactions. On both, Claim's partial unique index
+(one open claim per item) is the last line of defence.
+"""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from annotations.exceptions import InvalidInput, LeaseLost, NotAllowed
+from annotations.models import Claim, Item
+from annotations.selectors import claimable_items, domain_get_for_submission, domain_ids_reviewable_by, expired_leases
+from collab.events import item_group, send_event_on_commit
+
+from .audit import audit_record, item_state
+
+# Expired leases handed back per claim; the rest wait for the next claim.
+_EXPIRED_PER_CLAIM = 50
+
+
+def _lease_until(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.SORA_LEASE_SECONDS)
+
+
+def item_status_changed(item: Item) -> None:
+    send_event_on_commit(item_group(item.pk), "item.status", {"status": item.status, "version": item.version})
+
+
+def item_claim_next(*, reviewer: AbstractBaseUser, domain: str | None = None) -> Item | None:
+    """Lease the best ready item (highest priority, then oldest) to `reviewer`; None when the queue is empty."""
+    domain_ids = domain_ids_reviewable_by(user=reviewer)
+    if domain:
+        domain_obj = domain_get_for_submission(slug=domain)
+        if domain_obj is None:
+            raise InvalidInput("domain", f"Unknown domain {domain!r}.")
+        if domain_obj.pk not in domain_ids:
+            raise NotAllowed(f"You may not review the domain {domain!r}.")
+        domain_ids = [domain_obj.pk]
+    if not domain_ids:
+        raise NotAllowed("You may not review any domain.")
+
+    with transaction.atomic():
+        now = timezone.now()
+        _expire_leases(domain_ids=domain_ids, now=now, limit=_EXPIRED_PER_CLAIM)
+        item = (
+            claimable_items(user=reviewer, domain_ids=domain_ids)
+            .select_for_update(skip_locked=True, of=("self",))
+            .first()
+        )
+        if item is None:
+            return None
+        before = item_state(item)
+        item.status = Item.Status.IN_REVIEW
+        item.lease_owner = reviewer
+        item.lease_expires_at = _lease_until(now)
+        item.version += 1
+        item.save(update_fields=["status", "lease_owner", "lease_expires_at", "version", "updated_at"])
+        Claim.objects.create(item=item, reviewer=reviewer, claimed_at=now, lease_expires_at=item.lease_expires_at)
+        audit_record(actor=reviewer, verb="item.claimed", target=item, before=before, after=item_state(item))
+        item_status_changed(item)
+    return item
+
+
+def leases_expire(*, limit: int = 1000) -> int:
+    """Hand items whose lease ran out back to the queue; returns how many. Run periodically."""
+    with transaction.atomic():
+        return _expire_leases(domain_ids=None, now=timezone.now(), limit=limit)
+
+
+def _expire_leases(*, domain_ids: list[int] | None, now: datetime, limit: int) -> int:
+    stale = expired_leases(domain_ids=domain_ids, now=now).select_for_update(skip_locked=True)[:limit]
+    count = 0
+    for item in stale:
+        _end_lease(item, actor=None, reason=Claim.EndReason.EXPIRED, now=now)
+        count += 1
+    return count
+
+
+def lock_leased_item(*, item_id: int, reviewer: AbstractBaseUser, now: datetime) -> Item:
+    """The item, row-locked, if `reviewer` holds a live lease on it; LeaseLost otherwise."""
+    item = Item.objects.select_for_update().select_related("domain").get(pk=item_id)
+    if item.status != Item.Status.IN_REVIEW or item.lease_owner_id != reviewer.pk:
+        raise LeaseLost("You do not hold a lease on this item.", status=item.status, version=item.version)
+    if item.lease_expires_at <= now:
+        raise LeaseLost("Your lease on this item has expired.", status=item.status, version=item.version)
+    return item
+
+
+@transaction.atomic
+def item_heartbeat(*, item_id: int, reviewer: AbstractBaseUser) -> Item:
+    """Extend the reviewer's lease. Not a state change: the version stays."""
+    now = timezone.now()
+    item = lock_leased_item(item_id=item_id, reviewer=reviewer, now=now)
+    item.lease_expires_at = _lease_until(now)
+    item.save(update_fields=["lease_expires_at", "updated_at"])
+    Claim.objects.filter(item=item, ended_at__isnull=True).update(lease_expires_at=item.lease_expires_at)
+    return item
+
+
+@transaction.atomic
+def item_release(*, item_id: int, reviewer: AbstractBaseUser) -> Item:
+    """Give the item back to the queue."""
+    now = timezone.now()
+    item = lock_leased_item(item_id=item_id, reviewer=reviewer, now=now)
+    _end_lease(item, actor=reviewer, reason=Claim.EndReason.RELEASED, now=now)
+    return item
+
+
+def _end_lease(item: Item, *, actor: AbstractBaseUser | None, reason: str, now: datetime) -> None:
+    before = item_state(item)
+    Claim.objects.filter(item=item, ended_at__isnull=True).update(ended_at=now, end_reason=reason)
+    item.status = Item.Status.READY
+    item.lease_owner = None
+    item.lease_expires_at = None
+    item.version += 1
+    item.save(update_fields=["status", "lease_owner", "lease_expires_at", "version", "updated_at"])
+    verb = "item.lease_expired" if reason == Claim.EndReason.EXPIRED else "item.released"
+    audit_record(actor=actor, verb=verb, target=item, before=before, after=item_state(item))
+    item_status_changed(item)

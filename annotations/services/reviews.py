@@ -1,0 +1,104 @@
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from annotations.diffing import word_diff, word_edit_distance
+from annotations.exceptions import InvalidInput, StaleVersion
+from annotations.models import Claim, Correction, Domain, Item, Review
+
+from .audit import audit_record, item_state
+from .claims import item_status_changed, lock_leased_item
+
+
+def _validate_scores(domain: Domain, scores: dict) -> dict:
+    allowed = set(domain.rubric_names())
+    unknown = sorted(set(scores) - allowed)
+    if unknown:
+        raise InvalidInput("scores", f"Unknown rubric names {unknown}; this domain scores {sorted(allowed)}.")
+    for name, value in scores.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+            raise InvalidInput("scores", f"{name!r} must be a whole number from 1 to 5.")
+    return scores
+
+
+@transaction.atomic
+def review_submit(
+    *,
+    item_id: int,
+    reviewer: AbstractBaseUser,
+    decision: str,
+    version: int,
+    final_text: str | None = None,
+    reason: str = "",
+    scores: dict | None = None,
+) -> Review:
+    """Approve or reject the item the reviewer holds.
+
+    Refused with 409 and nothing written when the lease is gone or `version`
+    is not the item's current version (someone changed it since).
+    On approval the draft→final Correction is written; an item whose domain
+    needs more approvals goes back to `ready` with this text as its working
+    text, for a different reviewer.
+    """
+    now = timezone.now()
+    item = lock_leased_item(item_id=item_id, reviewer=reviewer, now=now)
+    if item.version != version:
+        raise StaleVersion(
+            f"The item changed since version {version}; it is now version {item.version}.",
+            status=item.status,
+            version=item.version,
+        )
+    scores = _validate_scores(item.domain, scores or {})
+    if decision == Review.Decision.REJECT and not reason.strip():
+        raise InvalidInput("reason", "A rejection needs a reason.")
+
+    claim = Claim.objects.filter(item=item, ended_at__isnull=True).first()
+    before = item_state(item)
+    review = Review.objects.create(
+        item=item,
+        reviewer=reviewer,
+        claim=claim,
+        decision=decision,
+        final_text=final_text or "",
+        reason=reason,
+        scores=scores,
+        item_version=version,
+        time_spent_ms=int((now - claim.claimed_at).total_seconds() * 1000) if claim else 0,
+    )
+    if claim:
+        claim.ended_at, claim.end_reason = now, Claim.EndReason.REVIEWED
+        claim.save(update_fields=["ended_at", "end_reason"])
+
+    if decision == Review.Decision.APPROVE:
+        text = final_text if final_text is not None else (item.final_text or item.draft)
+        review.final_text = text
+        review.save(update_fields=["final_text"])
+        Correction.objects.create(
+            item=item,
+            review=review,
+            generation=item.generations.order_by("-created_at", "-id").first(),
+            domain=item.domain,
+            draft=item.draft,
+            final=text,
+            diff=word_diff(item.draft, text),
+            edit_distance=word_edit_distance(item.draft, text),
+            edited=text != item.draft,
+        )
+        item.approvals += 1
+        item.final_text = text
+        done = item.approvals >= item.domain.approvals_required
+        item.status = Item.Status.APPROVED if done else Item.Status.READY
+        verb = "item.approved" if done else "item.approval_recorded"
+    else:
+        item.status = Item.Status.REJECTED
+        verb = "item.rejected"
+
+    item.lease_owner = None
+    item.lease_expires_at = None
+    item.version += 1
+    item.save(
+        update_fields=["status", "approvals", "final_text", "lease_owner", "lease_expires_at", "version", "updated_at"]
+    )
+    audit_record(actor=reviewer, verb=verb, target=item, before=before, after={**item_state(item), "review": review.pk})
+    item_status_changed(item)
+    return review

@@ -1,0 +1,2 @@
+# The item and job consumers (PRODUCT.md §6) arrive with live streaming.
+websocket_urlpatterns: list = []

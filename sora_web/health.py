@@ -1,0 +1,50 @@
+"""Liveness and readiness (PRODUCT.md §5): /healthz says the process answers,
+/readyz that the database, the broker and the channel layer answer too."""
+
+import logging
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.http import JsonResponse
+from kombu import Connection
+
+logger = logging.getLogger(__name__)
+PROBE_TIMEOUT_S = 2
+
+
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _check_broker() -> None:
+    with Connection(settings.CELERY_BROKER_URL, connect_timeout=PROBE_TIMEOUT_S) as conn:
+        conn.ensure_connection(max_retries=1, timeout=PROBE_TIMEOUT_S)
+
+
+def _check_channel_layer() -> None:
+    layer = settings.CHANNEL_LAYERS["default"]
+    if layer["BACKEND"] == "channels_redis.core.RedisChannelLayer":
+        for host in layer["CONFIG"]["hosts"]:
+            redis.Redis.from_url(host, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S).ping()
+
+
+CHECKS = {"database": _check_database, "broker": _check_broker, "channel_layer": _check_channel_layer}
+
+
+def readyz(request):
+    results = {}
+    for name, check in CHECKS.items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 (any failure means "not ready", reported per dependency)
+            logger.warning("readiness check %s failed: %s", name, exc)
+            results[name] = f"error: {type(exc).__name__}"
+    ready = all(value == "ok" for value in results.values())
+    return JsonResponse({"status": "ok" if ready else "unavailable", "checks": results}, status=200 if ready else 503)

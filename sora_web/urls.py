@@ -1,0 +1,27 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import TemplateView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from . import health
+from .apis import AuthTokenApi
+
+api_v1 = [
+    path("auth/token/", AuthTokenApi.as_view(), name="auth-token"),
+    path("", include("annotations.urls")),
+]
+
+urlpatterns = [
+    path("", TemplateView.as_view(template_name="home.html"), name="home"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+]
+
+handler400 = "sora_web.api_errors.json_handler400"
+handler403 = "sora_web.api_errors.json_handler403"
+handler404 = "sora_web.api_errors.json_handler404"
+handler500 = "sora_web.api_errors.json_handler500"

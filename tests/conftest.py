@@ -1,0 +1,98 @@
+"""Fixtures for the whole suite.
+
+Tests marked `postgres` / `redis` need those servers (DATABASE_URL / REDIS_URL).
+They skip on a laptop without them; with SORA_REQUIRE_SERVICES=1 (CI) a
+missing server fails them instead, so CI can never pass by skipping.
+"""
+
+import os
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from annotations import roles
+from annotations.models import Domain
+from tests.factories import DomainFactory, ItemFactory, UserFactory, reviewer_factory
+
+
+def _on_postgres() -> bool:
+    return settings.DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql")
+
+
+def _service_available(marker: str) -> bool:
+    if marker == "postgres":
+        return _on_postgres()
+    if marker == "redis":
+        return bool(settings.REDIS_URL)
+    if marker == "sqlite":
+        return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    return True
+
+
+def pytest_runtest_setup(item):
+    for marker in ("postgres", "redis", "sqlite"):
+        if item.get_closest_marker(marker) and not _service_available(marker):
+            if marker != "sqlite" and os.environ.get("SORA_REQUIRE_SERVICES") == "1":
+                pytest.fail(f"{marker} is required (SORA_REQUIRE_SERVICES=1) but not configured")
+            pytest.skip(f"needs {marker}")
+
+
+@pytest.fixture
+def customer_service(db) -> Domain:
+    return Domain.objects.get(slug="customer_service")
+
+
+@pytest.fixture
+def medical_note(db) -> Domain:
+    return Domain.objects.get(slug="medical_note")
+
+
+@pytest.fixture
+def domain(db) -> Domain:
+    return DomainFactory()
+
+
+@pytest.fixture
+def reviewer(domain):
+    return reviewer_factory(domain, username="rita")
+
+
+@pytest.fixture
+def second_reviewer(domain):
+    return reviewer_factory(domain, username="sam")
+
+
+@pytest.fixture
+def integration(db):
+    return UserFactory(username="helpdesk", roles=[roles.INTEGRATION])
+
+
+@pytest.fixture
+def manager(db):
+    return UserFactory(username="mona", roles=[roles.MODEL_MANAGER])
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(username="ada", is_superuser=True, is_staff=True)
+
+
+@pytest.fixture
+def item(domain):
+    return ItemFactory(domain=domain)
+
+
+@pytest.fixture
+def api():
+    """An API client; `api.as_user(user)` authenticates it with a real token."""
+
+    class Client(APIClient):
+        def as_user(self, user):
+            from rest_framework.authtoken.models import Token
+
+            token, _ = Token.objects.get_or_create(user=user)
+            self.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+            return self
+
+    return Client()
