@@ -1,5 +1,7 @@
 """REST API v1 for items, the queue and reviews (PRODUCT.md §5). Views only parse, call, shape."""
 
+import math
+
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -26,18 +28,39 @@ class HasRole(BasePermission):
         return roles.has_role(request.user, *self.roles)
 
 
-def no_null_characters(value):
-    """PostgreSQL cannot store NUL in text or JSON: refuse it at the edge, anywhere in a structure."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise serializers.ValidationError("Null characters are not allowed.")
-    elif isinstance(value, dict):
-        for key, inner in value.items():
-            no_null_characters(key)
-            no_null_characters(inner)
-    elif isinstance(value, list):
-        for inner in value:
-            no_null_characters(inner)
+MAX_JSON_DEPTH = 32
+
+
+def storable_json(value) -> None:
+    """Refuse what the databases cannot store or serialise: NUL characters (PostgreSQL),
+    lone surrogates (not UTF-8), non-finite numbers (not JSON) and very deep nesting."""
+    stack = [(value, 0)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise serializers.ValidationError(f"Nested deeper than {MAX_JSON_DEPTH} levels.")
+        if isinstance(current, str):
+            if "\x00" in current:
+                raise serializers.ValidationError("Null characters are not allowed.")
+            try:
+                current.encode("utf-8")
+            except UnicodeEncodeError:
+                raise serializers.ValidationError("Text must be valid Unicode (no lone surrogates).")
+        elif isinstance(current, float) and not math.isfinite(current):
+            raise serializers.ValidationError("Numbers must be finite.")
+        elif isinstance(current, dict):
+            stack.extend((part, depth + 1) for pair in current.items() for part in pair)
+        elif isinstance(current, list):
+            stack.extend((part, depth + 1) for part in current)
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers and booleans instead of quietly turning them into text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 # --- Output -----------------------------------------------------------------
@@ -114,11 +137,11 @@ class ReviewResultSerializer(ReviewOutputSerializer):
 
 class ItemListCreateApi(APIView):
     class ItemCreateInputSerializer(serializers.Serializer):
-        domain = serializers.CharField(max_length=64)
-        input = serializers.CharField(max_length=settings.SORA_MAX_INPUT_CHARS)
-        external_id = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-        metadata = serializers.DictField(required=False, default=dict, validators=[no_null_characters])
-        draft = serializers.CharField(max_length=settings.SORA_MAX_INPUT_CHARS, required=False)
+        domain = StrictCharField(max_length=64)
+        input = StrictCharField(max_length=settings.SORA_MAX_INPUT_CHARS)
+        external_id = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+        metadata = serializers.DictField(required=False, default=dict, validators=[storable_json])
+        draft = StrictCharField(max_length=settings.SORA_MAX_INPUT_CHARS, required=False)
         priority = serializers.IntegerField(min_value=-100, max_value=100, required=False, default=0)
 
     class ItemFilterSerializer(serializers.Serializer):
@@ -175,7 +198,7 @@ class QueueClaimApi(APIView):
     permission_classes = [HasRole.of(roles.REVIEWER)]
 
     class ClaimInputSerializer(serializers.Serializer):
-        domain = serializers.CharField(max_length=64, required=False)
+        domain = StrictCharField(max_length=64, required=False)
 
     @extend_schema(
         request=ClaimInputSerializer,
@@ -220,12 +243,12 @@ class ItemReviewCreateApi(APIView):
     class ReviewInputSerializer(serializers.Serializer):
         decision = serializers.ChoiceField(choices=Review.Decision.choices)
         version = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
-        final_text = serializers.CharField(
+        final_text = StrictCharField(
             max_length=settings.SORA_MAX_INPUT_CHARS, required=False, trim_whitespace=False
         )
-        reason = serializers.CharField(max_length=5000, required=False, allow_blank=True, default="")
+        reason = StrictCharField(max_length=5000, required=False, allow_blank=True, default="")
         scores = serializers.DictField(
-            child=serializers.JSONField(), required=False, default=dict, validators=[no_null_characters]
+            child=serializers.JSONField(), required=False, default=dict, validators=[storable_json]
         )
 
         def validate_final_text(self, value: str) -> str:

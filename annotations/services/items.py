@@ -12,7 +12,7 @@ from .audit import audit_record, item_state
 
 
 def _request_hash(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def item_submit(

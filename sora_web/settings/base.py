@@ -158,9 +158,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("SORA_MAX_REQUEST_BYTES", default=2 * 1024
 
 # --- API ------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first: an anonymous API call then gets 401 with `WWW-Authenticate: Token`.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "sora_web.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["sora_web.parsers.SafeJSONParser"],
