@@ -243,9 +243,7 @@ class ItemReviewCreateApi(APIView):
     class ReviewInputSerializer(serializers.Serializer):
         decision = serializers.ChoiceField(choices=Review.Decision.choices)
         version = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
-        final_text = StrictCharField(
-            max_length=settings.SORA_MAX_INPUT_CHARS, required=False, trim_whitespace=False
-        )
+        final_text = StrictCharField(max_length=settings.SORA_MAX_INPUT_CHARS, required=False, trim_whitespace=False)
         reason = StrictCharField(max_length=5000, required=False, allow_blank=True, default="")
         scores = serializers.DictField(
             child=serializers.JSONField(), required=False, default=dict, validators=[storable_json]

@@ -525,6 +525,7 @@ def test_token_endpoint_refuses_a_body_that_is_not_a_json_object(api, reviewer, 
 
 # --- Authorization headers --------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "header",
     [

@@ -67,6 +67,7 @@ VISIBLE_ITEMS = {
 # `item` is leased to the claimant, so the only claimable item is `away_item`.
 CLAIMED_ITEM = {"other_reviewer": "away_item", "admin": "away_item"}
 
+
 def _matrix_cases():
     for endpoint, statuses in MATRIX.items():
         assert len(statuses) == len(ROLES), endpoint
