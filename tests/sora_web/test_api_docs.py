@@ -1,0 +1,21 @@
+def test_swagger_ui_is_served_from_local_static_files(client, db):
+    page = client.get("/api/docs/").content.decode()
+
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in page
+    assert "cdn" not in page.lower() and "https://" not in page
+
+
+def test_schema_describes_the_review_api(client, db):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+
+    for path in [
+        "/api/v1/items/",
+        "/api/v1/items/{item_id}/",
+        "/api/v1/items/{item_id}/reviews/",
+        "/api/v1/items/{item_id}/heartbeat/",
+        "/api/v1/items/{item_id}/release/",
+        "/api/v1/queue/claim/",
+        "/api/v1/auth/token/",
+    ]:
+        assert path in schema["paths"], path
+    assert "Idempotency-Key" in str(schema["paths"]["/api/v1/items/"]["post"]["parameters"])
