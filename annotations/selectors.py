@@ -10,13 +10,17 @@ from .exceptions import NotAllowed, NotFound
 from .models import Domain, Generation, Item, Review
 
 
-def domain_ids_reviewable_by(*, user: AbstractBaseUser) -> list[int]:
+def domains_reviewable_by(*, user: AbstractBaseUser) -> QuerySet[Domain]:
     if not roles.has_role(user, roles.REVIEWER):
-        return []
+        return Domain.objects.none()
     domains = Domain.objects.filter(is_active=True)
     if not roles.is_admin(user):
         domains = domains.filter(reviewers=user)
-    return list(domains.values_list("id", flat=True))
+    return domains
+
+
+def domain_ids_reviewable_by(*, user: AbstractBaseUser) -> list[int]:
+    return list(domains_reviewable_by(user=user).values_list("id", flat=True))
 
 
 def domain_get_for_submission(*, slug: str) -> Domain | None:

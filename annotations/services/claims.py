@@ -1,25 +1,27 @@
 """Leases on items: claim the next one, keep it alive, give it back.
 
-PostgreSQL: the claim transaction locks the chosen row with
-SELECT … FOR UPDATE SKIP LOCKED, so concurrent reviewers pass over each
-other's candidates instead of queueing behind them. SQLite ignores FOR UPDATE;
-there every transaction is BEGIN IMMEDIATE (settings.SQLITE_OPTIONS), which
-serialises claim transactions. On both, Claim's partial unique index
-(one open claim per item) is the last line of defence.
+PostgreSQL: the claim is one statement (claims_postgres.py) that locks the
+chosen row with SELECT … FOR UPDATE SKIP LOCKED, so concurrent reviewers pass
+over each other's candidates instead of queueing behind them. SQLite ignores
+FOR UPDATE; there every transaction is BEGIN IMMEDIATE
+(settings.SQLITE_OPTIONS), which serialises claim transactions, and the claim
+runs through the ORM. On both, Claim's partial unique index (one open claim
+per item) is the last line of defence.
 """
 
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from annotations.exceptions import InvalidInput, LeaseLost, NotAllowed
-from annotations.models import Claim, Item
-from annotations.selectors import claimable_items, domain_get_for_submission, domain_ids_reviewable_by, expired_leases
+from annotations.models import Claim, Domain, Item
+from annotations.selectors import claimable_items, domain_get_for_submission, domains_reviewable_by, expired_leases
 from collab.events import item_group, send_event_on_commit
 
+from . import claims_postgres
 from .audit import audit_record, item_state
 
 # Expired leases handed back per claim; the rest wait for the next claim.
@@ -34,38 +36,68 @@ def item_status_changed(item: Item) -> None:
     send_event_on_commit(item_group(item.pk), "item.status", {"status": item.status, "version": item.version})
 
 
+def _domains_to_claim_from(reviewer: AbstractBaseUser, slug: str | None) -> dict[int, Domain]:
+    domains = {domain.pk: domain for domain in domains_reviewable_by(user=reviewer)}
+    if slug:
+        chosen = {pk: domain for pk, domain in domains.items() if domain.slug == slug}
+        if not chosen:
+            if domain_get_for_submission(slug=slug) is None:
+                raise InvalidInput("domain", f"Unknown domain {slug!r}.")
+            raise NotAllowed(f"You may not review the domain {slug!r}.")
+        return chosen
+    if not domains:
+        raise NotAllowed("You may not review any domain.")
+    return domains
+
+
 def item_claim_next(*, reviewer: AbstractBaseUser, domain: str | None = None) -> Item | None:
     """Lease the best ready item (highest priority, then oldest) to `reviewer`; None when the queue is empty."""
-    domain_ids = domain_ids_reviewable_by(user=reviewer)
-    if domain:
-        domain_obj = domain_get_for_submission(slug=domain)
-        if domain_obj is None:
-            raise InvalidInput("domain", f"Unknown domain {domain!r}.")
-        if domain_obj.pk not in domain_ids:
-            raise NotAllowed(f"You may not review the domain {domain!r}.")
-        domain_ids = [domain_obj.pk]
-    if not domain_ids:
-        raise NotAllowed("You may not review any domain.")
-
+    domains = _domains_to_claim_from(reviewer, domain)
+    now = timezone.now()
     with transaction.atomic():
-        now = timezone.now()
-        _expire_leases(domain_ids=domain_ids, now=now, limit=_EXPIRED_PER_CLAIM)
-        item = (
-            claimable_items(user=reviewer, domain_ids=domain_ids)
-            .select_for_update(skip_locked=True, of=("self",))
-            .first()
-        )
+        if connection.vendor == "postgresql":
+            item = _claim_next_postgres(reviewer=reviewer, domain_ids=list(domains), now=now)
+        else:
+            _expire_leases(domain_ids=list(domains), now=now, limit=_EXPIRED_PER_CLAIM)
+            item = _claim_next_portable(reviewer=reviewer, domain_ids=list(domains), now=now)
         if item is None:
             return None
-        before = item_state(item)
-        item.status = Item.Status.IN_REVIEW
-        item.lease_owner = reviewer
-        item.lease_expires_at = _lease_until(now)
-        item.version += 1
-        item.save(update_fields=["status", "lease_owner", "lease_expires_at", "version", "updated_at"])
-        Claim.objects.create(item=item, reviewer=reviewer, claimed_at=now, lease_expires_at=item.lease_expires_at)
-        audit_record(actor=reviewer, verb="item.claimed", target=item, before=before, after=item_state(item))
         item_status_changed(item)
+    item.domain, item.lease_owner = domains[item.domain_id], reviewer
+    return item
+
+
+def _claim_next_postgres(*, reviewer: AbstractBaseUser, domain_ids: list[int], now: datetime) -> Item | None:
+    """The claim as one statement (claims_postgres.py). Items whose expired lease that statement hands
+    back only become claimable after it, so when they are all there is, it runs once more."""
+    for _attempt in range(2):
+        item, swept = claims_postgres.claim_next(
+            reviewer_id=reviewer.pk,
+            domain_ids=domain_ids,
+            now=now,
+            until=_lease_until(now),
+            sweep_limit=_EXPIRED_PER_CLAIM,
+        )
+        for item_id, version in swept:
+            send_event_on_commit(item_group(item_id), "item.status", {"status": "ready", "version": version})
+        if item is not None or not swept:
+            return item
+    return None
+
+
+def _claim_next_portable(*, reviewer: AbstractBaseUser, domain_ids: list[int], now: datetime) -> Item | None:
+    """The claim through the ORM: SQLite, where BEGIN IMMEDIATE serialises claim transactions."""
+    item = claimable_items(user=reviewer, domain_ids=domain_ids).select_for_update(skip_locked=True).first()
+    if item is None:
+        return None
+    before = item_state(item)
+    item.status = Item.Status.IN_REVIEW
+    item.lease_owner = reviewer
+    item.lease_expires_at = _lease_until(now)
+    item.version += 1
+    item.save(update_fields=["status", "lease_owner", "lease_expires_at", "version", "updated_at"])
+    Claim.objects.create(item=item, reviewer=reviewer, claimed_at=now, lease_expires_at=item.lease_expires_at)
+    audit_record(actor=reviewer, verb="item.claimed", target=item, before=before, after=item_state(item))
     return item
 
 

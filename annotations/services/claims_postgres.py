@@ -1,0 +1,98 @@
+"""The claim transaction as one PostgreSQL statement.
+
+Claiming is the hottest write in Sora: every approve→next runs it, from many
+reviewers at once. Through the ORM it costs six round trips and most of its
+time in Python; here it is one statement and one round trip. It does exactly
+what the portable ORM path in claims.py does (which SQLite runs, and the test
+suite checks on both databases):
+
+1. hand back up to `sweep_limit` expired leases of these domains (item → ready,
+   open claim ended as expired, audited), skipping rows other claims hold;
+2. lock the best ready item — priority, then age, then id — that this reviewer
+   has not already approved, with FOR UPDATE SKIP LOCKED so concurrent
+   reviewers pass over each other's candidates instead of waiting;
+3. lease it (item → in_review, version + 1), open a Claim, audit it.
+
+The audit JSON mirrors services.audit.item_state.
+"""
+
+import json
+from datetime import datetime
+
+from annotations.models import Item
+
+_ITEM_COLUMNS = ", ".join(f'leased."{field.column}"' for field in Item._meta.concrete_fields)
+
+CLAIM_NEXT_SQL = f"""
+WITH expired AS (
+    SELECT id, lease_owner_id FROM annotations_item
+    WHERE domain_id = ANY(%(domain_ids)s) AND status = 'in_review' AND lease_expires_at <= %(now)s
+    ORDER BY lease_expires_at
+    LIMIT %(sweep_limit)s
+    FOR UPDATE SKIP LOCKED
+), released AS (
+    UPDATE annotations_item AS item
+    SET status = 'ready', lease_owner_id = NULL, lease_expires_at = NULL,
+        version = item.version + 1, updated_at = %(now)s
+    FROM expired WHERE item.id = expired.id
+    RETURNING item.id, item.version, item.approvals, expired.lease_owner_id AS previous_owner
+), released_claims AS (
+    UPDATE annotations_claim SET ended_at = %(now)s, end_reason = 'expired'
+    WHERE item_id IN (SELECT id FROM released) AND ended_at IS NULL
+), released_audit AS (
+    INSERT INTO annotations_auditevent (actor_id, verb, target_type, target_id, before, after, created_at)
+    SELECT NULL, 'item.lease_expired', 'annotations.item', id::text,
+           jsonb_build_object('status', 'in_review', 'version', version - 1, 'approvals', approvals,
+                              'lease_owner', previous_owner),
+           jsonb_build_object('status', 'ready', 'version', version, 'approvals', approvals, 'lease_owner', NULL),
+           %(now)s
+    FROM released
+), next_item AS (
+    SELECT candidate.id FROM annotations_item AS candidate
+    WHERE candidate.domain_id = ANY(%(domain_ids)s) AND candidate.status = 'ready'
+      AND (candidate.approvals = 0 OR NOT EXISTS (
+            SELECT 1 FROM annotations_review AS review
+            WHERE review.item_id = candidate.id AND review.reviewer_id = %(reviewer_id)s
+              AND review.decision = 'approve'))
+    ORDER BY candidate.priority DESC, candidate.created_at, candidate.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE annotations_item AS item
+    SET status = 'in_review', lease_owner_id = %(reviewer_id)s, lease_expires_at = %(until)s,
+        version = item.version + 1, updated_at = %(now)s
+    FROM next_item WHERE item.id = next_item.id
+    RETURNING item.*
+), new_claim AS (
+    INSERT INTO annotations_claim (item_id, reviewer_id, claimed_at, lease_expires_at, ended_at, end_reason)
+    SELECT id, %(reviewer_id)s, %(now)s, %(until)s, NULL, '' FROM leased
+), claim_audit AS (
+    INSERT INTO annotations_auditevent (actor_id, verb, target_type, target_id, before, after, created_at)
+    SELECT %(reviewer_id)s, 'item.claimed', 'annotations.item', id::text,
+           jsonb_build_object('status', 'ready', 'version', version - 1, 'approvals', approvals, 'lease_owner', NULL),
+           jsonb_build_object('status', 'in_review', 'version', version, 'approvals', approvals,
+                              'lease_owner', %(reviewer_id)s),
+           %(now)s
+    FROM leased
+)
+SELECT {_ITEM_COLUMNS},
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(id, version)), '[]')::text FROM released) AS swept
+FROM (SELECT 1) AS one LEFT JOIN leased ON true
+"""
+
+
+def claim_next(
+    *, reviewer_id: int, domain_ids: list[int], now: datetime, until: datetime, sweep_limit: int
+) -> tuple[Item | None, list[tuple[int, int]]]:
+    """Run CLAIM_NEXT_SQL inside the caller's transaction.
+    Returns (the leased item or None, [(id, version) of items whose expired lease was handed back])."""
+    params = {
+        "domain_ids": domain_ids,
+        "now": now,
+        "until": until,
+        "sweep_limit": sweep_limit,
+        "reviewer_id": reviewer_id,
+    }
+    (row,) = Item.objects.raw(CLAIM_NEXT_SQL, params)
+    swept = [tuple(pair) for pair in json.loads(row.swept)]
+    return (row if row.pk is not None else None), swept
