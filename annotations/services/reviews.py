@@ -52,6 +52,12 @@ def review_submit(
     if decision == Review.Decision.REJECT and not reason.strip():
         raise InvalidInput("reason", "A rejection needs a reason.")
 
+    approving = decision == Review.Decision.APPROVE
+    # Approving without text approves the working text: the first approver's, else the draft.
+    if approving:
+        text = final_text if final_text is not None else (item.final_text or item.draft)
+    else:
+        text = final_text or ""  # kept on the review: what the reviewer had when they rejected
     claim = Claim.objects.filter(item=item, ended_at__isnull=True).first()
     before = item_state(item)
     review = Review.objects.create(
@@ -59,7 +65,7 @@ def review_submit(
         reviewer=reviewer,
         claim=claim,
         decision=decision,
-        final_text=final_text or "",
+        final_text=text,
         reason=reason,
         scores=scores,
         item_version=version,
@@ -69,10 +75,7 @@ def review_submit(
         claim.ended_at, claim.end_reason = now, Claim.EndReason.REVIEWED
         claim.save(update_fields=["ended_at", "end_reason"])
 
-    if decision == Review.Decision.APPROVE:
-        text = final_text if final_text is not None else (item.final_text or item.draft)
-        review.final_text = text
-        review.save(update_fields=["final_text"])
+    if approving:
         Correction.objects.create(
             item=item,
             review=review,
