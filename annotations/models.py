@@ -99,7 +99,7 @@ class Item(models.Model):
             ),
         ]
         indexes = [
-            # claim-next: the best ready item of a domain.
+            # claim-next: the best ready item of one domain…
             models.Index(
                 "domain",
                 models.F("priority").desc(),
@@ -107,6 +107,14 @@ class Item(models.Model):
                 "id",
                 condition=Q(status="ready"),
                 name="item_queue_ready_idx",
+            ),
+            # …and of several: walked in queue order, filtered by domain (no sort of the whole queue).
+            models.Index(
+                models.F("priority").desc(),
+                "created_at",
+                "id",
+                condition=Q(status="ready"),
+                name="item_queue_all_domains_idx",
             ),
             # claim-next: leases that ran out.
             models.Index(fields=["lease_expires_at"], condition=Q(status="in_review"), name="item_lease_expiry_idx"),

@@ -118,7 +118,8 @@ def _expire_leases(*, domain_ids: list[int] | None, now: datetime, limit: int) -
 
 def lock_leased_item(*, item_id: int, reviewer: AbstractBaseUser, now: datetime) -> Item:
     """The item, row-locked, if `reviewer` holds a live lease on it; LeaseLost otherwise."""
-    item = Item.objects.select_for_update().select_related("domain").get(pk=item_id)
+    # of=("self",): lock the item only, not its domain row (every approval in a domain would queue on it).
+    item = Item.objects.select_for_update(of=("self",)).select_related("domain").get(pk=item_id)
     if item.status != Item.Status.IN_REVIEW or item.lease_owner_id != reviewer.pk:
         raise LeaseLost("You do not hold a lease on this item.", status=item.status, version=item.version)
     if item.lease_expires_at <= now:

@@ -23,7 +23,7 @@ from annotations.models import Item
 
 _ITEM_COLUMNS = ", ".join(f'leased."{field.column}"' for field in Item._meta.concrete_fields)
 
-CLAIM_NEXT_SQL = f"""
+CLAIM_NEXT_SQL = """
 WITH expired AS (
     SELECT id, lease_owner_id FROM annotations_item
     WHERE domain_id = ANY(%(domain_ids)s) AND status = 'in_review' AND lease_expires_at <= %(now)s
@@ -49,7 +49,7 @@ WITH expired AS (
     FROM released
 ), next_item AS (
     SELECT candidate.id FROM annotations_item AS candidate
-    WHERE candidate.domain_id = ANY(%(domain_ids)s) AND candidate.status = 'ready'
+    WHERE candidate.domain_id {domain_match} AND candidate.status = 'ready'
       AND (candidate.approvals = 0 OR NOT EXISTS (
             SELECT 1 FROM annotations_review AS review
             WHERE review.item_id = candidate.id AND review.reviewer_id = %(reviewer_id)s
@@ -75,24 +75,29 @@ WITH expired AS (
            %(now)s
     FROM leased
 )
-SELECT {_ITEM_COLUMNS},
+SELECT {item_columns},
        (SELECT coalesce(jsonb_agg(jsonb_build_array(id, version)), '[]')::text FROM released) AS swept
 FROM (SELECT 1) AS one LEFT JOIN leased ON true
 """
+# "= ANY(array)" stops PostgreSQL from reading the per-domain queue index in order; one domain uses "=".
+_SQL_ONE_DOMAIN = CLAIM_NEXT_SQL.format(item_columns=_ITEM_COLUMNS, domain_match="= %(domain_id)s")
+_SQL_SEVERAL_DOMAINS = CLAIM_NEXT_SQL.format(item_columns=_ITEM_COLUMNS, domain_match="= ANY(%(domain_ids)s)")
 
 
 def claim_next(
     *, reviewer_id: int, domain_ids: list[int], now: datetime, until: datetime, sweep_limit: int
 ) -> tuple[Item | None, list[tuple[int, int]]]:
-    """Run CLAIM_NEXT_SQL inside the caller's transaction.
+    """Run the claim statement inside the caller's transaction.
     Returns (the leased item or None, [(id, version) of items whose expired lease was handed back])."""
     params = {
         "domain_ids": domain_ids,
+        "domain_id": domain_ids[0],
         "now": now,
         "until": until,
         "sweep_limit": sweep_limit,
         "reviewer_id": reviewer_id,
     }
-    (row,) = Item.objects.raw(CLAIM_NEXT_SQL, params)
+    sql = _SQL_ONE_DOMAIN if len(domain_ids) == 1 else _SQL_SEVERAL_DOMAINS
+    (row,) = Item.objects.raw(sql, params)
     swept = [tuple(pair) for pair in json.loads(row.swept)]
     return (row if row.pk is not None else None), swept
