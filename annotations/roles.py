@@ -35,9 +35,5 @@ def is_manager(user: AbstractBaseUser) -> bool:
     return has_role(user, MODEL_MANAGER)
 
 
-def can_submit_items(user: AbstractBaseUser) -> bool:
-    return has_role(user, INTEGRATION, MODEL_MANAGER)
-
-
 def sees_all_items(user: AbstractBaseUser) -> bool:
     return is_manager(user)
