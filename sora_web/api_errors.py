@@ -8,6 +8,7 @@ import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -38,17 +39,32 @@ def exception_handler(exc, context):
     return response
 
 
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+# Django's error handlers: JSON under /api/, Django's own pages elsewhere (admin, dashboard).
+
+
 def json_handler400(request, exception=None):
+    if not _is_api(request):
+        return defaults.bad_request(request, exception)
     return JsonResponse({"detail": "Bad request.", "code": "bad_request"}, status=status.HTTP_400_BAD_REQUEST)
 
 
 def json_handler403(request, exception=None):
+    if not _is_api(request):
+        return defaults.permission_denied(request, exception)
     return JsonResponse({"detail": "Permission denied.", "code": "permission_denied"}, status=403)
 
 
 def json_handler404(request, exception=None):
+    if not _is_api(request):
+        return defaults.page_not_found(request, exception)
     return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
 
 
 def json_handler500(request):
+    if not _is_api(request):
+        return defaults.server_error(request)
     return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)

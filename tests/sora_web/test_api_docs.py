@@ -19,3 +19,13 @@ def test_schema_describes_the_review_api(client, db):
     ]:
         assert path in schema["paths"], path
     assert "Idempotency-Key" in str(schema["paths"]["/api/v1/items/"]["post"]["parameters"])
+
+
+def test_unknown_api_path_is_a_json_404_and_other_paths_are_html(client, db, settings):
+    settings.DEBUG = False
+
+    api = client.get("/api/v1/nothing-here/")
+    page = client.get("/nothing-here/")
+
+    assert api.status_code == 404 and api.json()["code"] == "not_found"
+    assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
