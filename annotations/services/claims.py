@@ -53,8 +53,8 @@ def _domains_to_claim_from(reviewer: AbstractBaseUser, slug: str | None) -> dict
 def item_claim_next(*, reviewer: AbstractBaseUser, domain: str | None = None) -> Item | None:
     """Lease the best ready item (highest priority, then oldest) to `reviewer`; None when the queue is empty."""
     domains = _domains_to_claim_from(reviewer, domain)
-    now = timezone.now()
     with transaction.atomic():
+        now = timezone.now()  # inside: on SQLite, BEGIN IMMEDIATE may have waited for the lock
         if connection.vendor == "postgresql":
             item = _claim_next_postgres(reviewer=reviewer, domain_ids=list(domains), now=now)
         else:
@@ -68,21 +68,12 @@ def item_claim_next(*, reviewer: AbstractBaseUser, domain: str | None = None) ->
 
 
 def _claim_next_postgres(*, reviewer: AbstractBaseUser, domain_ids: list[int], now: datetime) -> Item | None:
-    """The claim as one statement (claims_postgres.py). Items whose expired lease that statement hands
-    back only become claimable after it, so when they are all there is, it runs once more."""
-    for _attempt in range(2):
-        item, swept = claims_postgres.claim_next(
-            reviewer_id=reviewer.pk,
-            domain_ids=domain_ids,
-            now=now,
-            until=_lease_until(now),
-            sweep_limit=_EXPIRED_PER_CLAIM,
-        )
-        for item_id, version in swept:
-            send_event_on_commit(item_group(item_id), "item.status", {"status": "ready", "version": version})
-        if item is not None or not swept:
-            return item
-    return None
+    """The claim in two statements (claims_postgres.py): hand back expired leases, then lease the next item."""
+    for item_id, version in claims_postgres.sweep_expired(
+        domain_ids=domain_ids, now=now, sweep_limit=_EXPIRED_PER_CLAIM
+    ):
+        send_event_on_commit(item_group(item_id), "item.status", {"status": "ready", "version": version})
+    return claims_postgres.lease_next(reviewer_id=reviewer.pk, domain_ids=domain_ids, now=now, until=_lease_until(now))
 
 
 def _claim_next_portable(*, reviewer: AbstractBaseUser, domain_ids: list[int], now: datetime) -> Item | None:

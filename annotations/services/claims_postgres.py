@@ -1,29 +1,31 @@
-"""The claim transaction as one PostgreSQL statement.
+"""The claim transaction on PostgreSQL, in two statements.
 
 Claiming is the hottest write in Sora: every approve→next runs it, from many
 reviewers at once. Through the ORM it costs six round trips and most of its
-time in Python; here it is one statement and one round trip. It does exactly
-what the portable ORM path in claims.py does (which SQLite runs, and the test
-suite checks on both databases):
+time in Python; here it is two. They do what the ORM path in claims.py does
+(SQLite runs that one; CI runs the suite on both databases, so both are tested):
 
-1. hand back up to `sweep_limit` expired leases of these domains (item → ready,
-   open claim ended as expired, audited), skipping rows other claims hold;
-2. lock the best ready item — priority, then age, then id — that this reviewer
-   has not already approved, with FOR UPDATE SKIP LOCKED so concurrent
-   reviewers pass over each other's candidates instead of waiting;
-3. lease it (item → in_review, version + 1), open a Claim, audit it.
+1. SWEEP_SQL hands back up to `sweep_limit` expired leases of these domains
+   (item → ready, open claim ended as expired, audited), skipping rows other
+   claims hold. It is its own statement so that the items it hands back are
+   candidates for step 2 (all parts of one statement share one snapshot).
+2. LEASE_SQL locks the best ready item — priority, then age, then id — that
+   this reviewer has not already approved, with FOR UPDATE SKIP LOCKED so
+   concurrent reviewers pass over each other's candidates instead of waiting,
+   leases it (item → in_review, version + 1), opens a Claim and audits it.
 
 The audit JSON mirrors services.audit.item_state.
 """
 
-import json
 from datetime import datetime
+
+from django.db import connection
 
 from annotations.models import Item
 
 _ITEM_COLUMNS = ", ".join(f'leased."{field.column}"' for field in Item._meta.concrete_fields)
 
-CLAIM_NEXT_SQL = """
+SWEEP_SQL = """
 WITH expired AS (
     SELECT id, lease_owner_id FROM annotations_item
     WHERE domain_id = ANY(%(domain_ids)s) AND status = 'in_review' AND lease_expires_at <= %(now)s
@@ -47,7 +49,12 @@ WITH expired AS (
            jsonb_build_object('status', 'ready', 'version', version, 'approvals', approvals, 'lease_owner', NULL),
            %(now)s
     FROM released
-), next_item AS (
+)
+SELECT id, version FROM released
+"""
+
+LEASE_SQL = """
+WITH next_item AS (
     SELECT candidate.id FROM annotations_item AS candidate
     WHERE candidate.domain_id {domain_match} AND candidate.status = 'ready'
       AND (candidate.approvals = 0 OR NOT EXISTS (
@@ -75,29 +82,28 @@ WITH expired AS (
            %(now)s
     FROM leased
 )
-SELECT {item_columns},
-       (SELECT coalesce(jsonb_agg(jsonb_build_array(id, version)), '[]')::text FROM released) AS swept
-FROM (SELECT 1) AS one LEFT JOIN leased ON true
+SELECT {item_columns} FROM leased
 """
 # "= ANY(array)" stops PostgreSQL from reading the per-domain queue index in order; one domain uses "=".
-_SQL_ONE_DOMAIN = CLAIM_NEXT_SQL.format(item_columns=_ITEM_COLUMNS, domain_match="= %(domain_id)s")
-_SQL_SEVERAL_DOMAINS = CLAIM_NEXT_SQL.format(item_columns=_ITEM_COLUMNS, domain_match="= ANY(%(domain_ids)s)")
+_LEASE_ONE_DOMAIN = LEASE_SQL.format(item_columns=_ITEM_COLUMNS, domain_match="= %(domain_id)s")
+_LEASE_SEVERAL_DOMAINS = LEASE_SQL.format(item_columns=_ITEM_COLUMNS, domain_match="= ANY(%(domain_ids)s)")
 
 
-def claim_next(
-    *, reviewer_id: int, domain_ids: list[int], now: datetime, until: datetime, sweep_limit: int
-) -> tuple[Item | None, list[tuple[int, int]]]:
-    """Run the claim statement inside the caller's transaction.
-    Returns (the leased item or None, [(id, version) of items whose expired lease was handed back])."""
+def sweep_expired(*, domain_ids: list[int], now: datetime, sweep_limit: int) -> list[tuple[int, int]]:
+    """Hand back expired leases; returns (id, new version) of each item handed back."""
+    with connection.cursor() as cursor:
+        cursor.execute(SWEEP_SQL, {"domain_ids": domain_ids, "now": now, "sweep_limit": sweep_limit})
+        return [(item_id, version) for item_id, version in cursor.fetchall()]
+
+
+def lease_next(*, reviewer_id: int, domain_ids: list[int], now: datetime, until: datetime) -> Item | None:
+    """Lease the best claimable item to the reviewer; None when there is none."""
     params = {
         "domain_ids": domain_ids,
         "domain_id": domain_ids[0],
         "now": now,
         "until": until,
-        "sweep_limit": sweep_limit,
         "reviewer_id": reviewer_id,
     }
-    sql = _SQL_ONE_DOMAIN if len(domain_ids) == 1 else _SQL_SEVERAL_DOMAINS
-    (row,) = Item.objects.raw(sql, params)
-    swept = [tuple(pair) for pair in json.loads(row.swept)]
-    return (row if row.pk is not None else None), swept
+    sql = _LEASE_ONE_DOMAIN if len(domain_ids) == 1 else _LEASE_SEVERAL_DOMAINS
+    return next(iter(Item.objects.raw(sql, params)), None)

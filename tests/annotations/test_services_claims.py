@@ -137,3 +137,39 @@ def test_release_returns_the_item_to_the_queue(reviewer, second_reviewer, item):
     assert (released.status, released.lease_owner) == (Item.Status.READY, None)
     assert Claim.objects.get(item=item).end_reason == Claim.EndReason.RELEASED
     assert services.item_claim_next(reviewer=second_reviewer).pk == item.pk
+
+
+def test_an_expired_urgent_item_comes_before_a_ready_ordinary_one(reviewer, second_reviewer, domain):
+    urgent = ItemFactory(domain=domain, priority=5)
+    services.item_claim_next(reviewer=reviewer)
+    expire_lease(urgent)
+    ItemFactory(domain=domain, priority=0)
+
+    assert services.item_claim_next(reviewer=second_reviewer).pk == urgent.pk
+
+
+def test_claim_and_expiry_audit_the_same_state_on_every_database(reviewer, second_reviewer, item):
+    first = services.item_claim_next(reviewer=reviewer)
+    expire_lease(item)
+    second = services.item_claim_next(reviewer=second_reviewer)
+
+    events = {e.verb: e for e in AuditEvent.objects.filter(target_id=str(item.pk))}
+    state = {"approvals": 0}
+    assert events["item.lease_expired"].before == {
+        **state,
+        "status": "in_review",
+        "version": first.version,
+        "lease_owner": reviewer.pk,
+    }
+    assert events["item.lease_expired"].after == {
+        **state,
+        "status": "ready",
+        "version": first.version + 1,
+        "lease_owner": None,
+    }
+    claims = AuditEvent.objects.filter(verb="item.claimed", target_id=str(item.pk)).order_by("id")
+    assert [e.after for e in claims] == [
+        {**state, "status": "in_review", "version": first.version, "lease_owner": reviewer.pk},
+        {**state, "status": "in_review", "version": second.version, "lease_owner": second_reviewer.pk},
+    ]
+    assert claims[1].before == {**state, "status": "ready", "version": second.version - 1, "lease_owner": None}
