@@ -37,5 +37,6 @@ format: install
 bench: install
 	$(PY) bench/claims.py
 
+# Removes the virtualenv and ./var: the embedded database and everything else under the default SORA_DATA_DIR.
 clean:
 	rm -rf $(VENV) var

@@ -69,22 +69,18 @@ class ItemAdmin(admin.ModelAdmin):
     list_filter = ["status", "domain", "created_at"]
     search_fields = ["=id", "external_id", "input"]
     list_select_related = ["domain", "lease_owner"]
-    raw_id_fields = ["submitted_by", "lease_owner"]
-    readonly_fields = [
-        "status",
-        "version",
-        "approvals",
-        "lease_owner",
-        "lease_expires_at",
-        "idempotency_key",
-        "request_hash",
-        "submitted_by",
-        "created_at",
-        "updated_at",
-    ]
+    # Read-only: items change through the API's services, which check leases and
+    # versions and write the audit trail; an admin edit would bypass all three.
+    readonly_fields = [field.name for field in Item._meta.fields]
     inlines = [GenerationInline, ReviewInline]
     show_full_result_count = False  # COUNT(*) over a million items on every page is not worth it
     date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Generation)

@@ -77,8 +77,9 @@ class Item(models.Model):
     request_hash = models.CharField(max_length=64, blank=True)
 
     # The current lease; Claim keeps the history.
+    # PROTECT: a user holding a lease cannot be deleted (deactivate them; the lease expires).
     lease_owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="leased_items"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="leased_items"
     )
     lease_expires_at = models.DateTimeField(null=True, blank=True)
 
@@ -168,7 +169,7 @@ class Claim(models.Model):
         EXPIRED = "expired"
 
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="claims")
-    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="claims")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="claims")
     claimed_at = models.DateTimeField()
     lease_expires_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -218,8 +219,19 @@ class Review(models.Model):
         return f"{self.decision} of item {self.item_id} by {self.reviewer_id}"
 
 
+class ImmutableQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise ValidationError(f"{self.model.__name__} rows are immutable.")
+
+    def delete(self):
+        raise ValidationError(f"{self.model.__name__} rows are immutable.")
+
+
 class ImmutableModel(models.Model):
-    """Rows written once and never changed: updates and deletes through the ORM are refused."""
+    """Rows written once and never changed: save() of an existing row, delete(), and queryset
+    update()/delete() are refused. (Raw SQL and cascades from a deleted item are not stopped.)"""
+
+    objects = ImmutableQuerySet.as_manager()
 
     class Meta:
         abstract = True

@@ -7,6 +7,7 @@
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import OperationalError
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -19,6 +20,14 @@ logger = logging.getLogger(__name__)
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, OperationalError) and "locked" in str(exc):
+        # SQLite gave up waiting for the write lock: a busy server, not a broken request.
+        logger.warning("database busy: %s", exc)
+        return Response(
+            {"detail": "The database is busy; retry shortly.", "code": "busy"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, SoraError):
         return Response({"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status_code)
     if isinstance(exc, Http404):

@@ -1,6 +1,6 @@
 """Leases on items: claim the next one, keep it alive, give it back.
 
-PostgreSQL: the claim is one statement (claims_postgres.py) that locks the
+PostgreSQL: the claim is two statements (claims_postgres.py); the second locks the
 chosen row with SELECT … FOR UPDATE SKIP LOCKED, so concurrent reviewers pass
 over each other's candidates instead of queueing behind them. SQLite ignores
 FOR UPDATE; there every transaction is BEGIN IMMEDIATE

@@ -7,6 +7,9 @@ SECRET_KEY = env("DJANGO_SECRET_KEY")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 if not ALLOWED_HOSTS:
     raise environ.ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must name at least one host")
+if not env("REDIS_URL", default=""):
+    # The embedded Redis is for `make demo`; nothing starts it in production.
+    raise environ.ImproperlyConfigured("Set the environment variable REDIS_URL")
 DEBUG = False
 
 SESSION_COOKIE_SECURE = True

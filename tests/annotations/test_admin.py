@@ -48,3 +48,24 @@ def test_audit_events_cannot_be_edited_or_deleted_in_the_admin(client, admin_use
 
     assert response.status_code == 403
     assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_items_are_read_only_in_the_admin(client, admin_user, item):
+    client.force_login(admin_user)
+
+    page = client.get(reverse("admin:annotations_item_change", args=[item.pk])).content.decode()
+    client.post(reverse("admin:annotations_item_change", args=[item.pk]), {"draft": "edited behind the API"})
+
+    assert 'name="draft"' not in page
+    item.refresh_from_db()
+    assert item.draft != "edited behind the API"
+
+
+def test_a_model_manager_can_read_the_review_records_in_the_admin(client, manager, reviewed_item):
+    manager.is_staff = True
+    manager.save()
+    client.force_login(manager)
+
+    for model in [Item, Review, Correction, AuditEvent, ModelVersion]:
+        url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+        assert client.get(url).status_code == 200, model

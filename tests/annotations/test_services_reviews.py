@@ -141,3 +141,23 @@ def test_corrections_are_immutable(reviewer, item):
     with pytest.raises(ValidationError):
         correction.delete()
     assert Correction.objects.get(pk=correction.pk).final == item.draft
+
+
+def test_corrections_and_audit_cannot_be_rewritten_in_bulk(reviewer, item):
+    claimed = claim(reviewer)
+    services.review_submit(item_id=item.pk, reviewer=reviewer, decision="approve", version=claimed.version)
+
+    with pytest.raises(ValidationError):
+        Correction.objects.update(final="rewritten")
+    with pytest.raises(ValidationError):
+        AuditEvent.objects.all().delete()
+    assert Correction.objects.get().final == item.draft
+
+
+def test_a_user_holding_a_lease_cannot_be_deleted(reviewer, item):
+    from django.db.models import ProtectedError
+
+    claim(reviewer)
+
+    with pytest.raises(ProtectedError):
+        reviewer.delete()

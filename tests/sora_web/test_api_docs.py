@@ -29,3 +29,15 @@ def test_unknown_api_path_is_a_json_404_and_other_paths_are_html(client, db, set
 
     assert api.status_code == 404 and api.json()["code"] == "not_found"
     assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+
+
+def test_a_locked_database_is_a_503_with_retry_after():
+    from django.db import OperationalError
+
+    from sora_web.api_errors import exception_handler
+
+    response = exception_handler(OperationalError("database is locked"), {})
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.data["code"] == "busy"

@@ -23,11 +23,12 @@ def run_check(settings_module: str, **env) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "env, missing",
     [
-        ({"DJANGO_ALLOWED_HOSTS": "sora.example.org"}, "DJANGO_SECRET_KEY"),
-        ({"DJANGO_SECRET_KEY": "x" * 50}, "DJANGO_ALLOWED_HOSTS"),
+        ({"DJANGO_ALLOWED_HOSTS": "sora.example.org", "REDIS_URL": "redis://r:6379/0"}, "DJANGO_SECRET_KEY"),
+        ({"DJANGO_SECRET_KEY": "x" * 50, "REDIS_URL": "redis://r:6379/0"}, "DJANGO_ALLOWED_HOSTS"),
+        ({"DJANGO_SECRET_KEY": "x" * 50, "DJANGO_ALLOWED_HOSTS": "sora.example.org"}, "REDIS_URL"),
     ],
 )
-def test_production_refuses_to_start_without_secret_key_or_hosts(env, missing, tmp_path):
+def test_production_refuses_to_start_without_secret_key_hosts_or_redis(env, missing, tmp_path):
     result = run_check("sora_web.settings.production", SORA_DATA_DIR=str(tmp_path), **env)
 
     assert result.returncode != 0
@@ -40,6 +41,7 @@ def test_production_starts_with_both(tmp_path):
         SORA_DATA_DIR=str(tmp_path),
         DJANGO_SECRET_KEY="k" * 60,
         DJANGO_ALLOWED_HOSTS="sora.example.org",
+        REDIS_URL="redis://cache.example.org:6379/0",
     )
 
     assert result.returncode == 0, result.stderr

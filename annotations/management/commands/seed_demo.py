@@ -33,7 +33,8 @@ class Command(BaseCommand):
         for username, group_names, superuser, reviews_all in DEMO_USERS:
             user, _ = User.objects.get_or_create(username=username)
             user.set_password(demo_password(username))
-            user.is_superuser = user.is_staff = superuser or username == "manager"
+            user.is_superuser = superuser
+            user.is_staff = superuser or roles.MODEL_MANAGER in group_names  # managers work in the admin
             user.email = f"{username}@example.org"
             user.save()
             user.groups.set([Group.objects.get_or_create(name=name)[0] for name in group_names])

@@ -22,6 +22,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="Start the web server only.")
 
     def handle(self, *args, host: str, port: int, no_worker: bool, **options):
+        # A supervisor's SIGTERM stops the children too, like Ctrl-C.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         children: list[subprocess.Popen] = []
         try:
             if settings.USES_EMBEDDED_REDIS:
