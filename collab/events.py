@@ -31,7 +31,7 @@ class _LayerPublisher:
     """Sends from sync code through one long-lived event loop per process, in order.
 
     async_to_sync would start a new event loop, and with it a new Redis
-    connection, for every message: about 4 ms each on a claim or a review.
+    connection, for every message sent from a claim or a review.
     Here one thread keeps one loop and its connection pool and sends queued
     messages one after another, so a group sees them in commit order.
     """

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 from django.core.management import call_command
 
 from annotations.demo_data import demo_cases
@@ -117,9 +118,12 @@ def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_pa
         )
         assert status == 201, review
         assert review["item"]["status"] in ("approved", "ready")
+
+        # a supervisor's SIGTERM to sora_serve alone stops its children too
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(unix_socket_path=str(tmp_path / "redis.sock"), socket_timeout=1).ping()
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)

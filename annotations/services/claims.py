@@ -33,7 +33,11 @@ def _lease_until(now: datetime) -> datetime:
 
 
 def item_status_changed(item: Item) -> None:
-    send_event_on_commit(item_group(item.pk), "item.status", {"status": item.status, "version": item.version})
+    _announce_status(item.pk, item.status, item.version)
+
+
+def _announce_status(item_id: int, status: str, version: int) -> None:
+    send_event_on_commit(item_group(item_id), "item.status", {"status": status, "version": version})
 
 
 def _domains_to_claim_from(reviewer: AbstractBaseUser, slug: str | None) -> dict[int, Domain]:
@@ -72,7 +76,7 @@ def _claim_next_postgres(*, reviewer: AbstractBaseUser, domain_ids: list[int], n
     for item_id, version in claims_postgres.sweep_expired(
         domain_ids=domain_ids, now=now, sweep_limit=_EXPIRED_PER_CLAIM
     ):
-        send_event_on_commit(item_group(item_id), "item.status", {"status": "ready", "version": version})
+        _announce_status(item_id, Item.Status.READY, version)
     return claims_postgres.lease_next(reviewer_id=reviewer.pk, domain_ids=domain_ids, now=now, until=_lease_until(now))
 
 
