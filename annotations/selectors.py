@@ -19,6 +19,15 @@ def domains_reviewable_by(*, user: AbstractBaseUser) -> QuerySet[Domain]:
     return domains
 
 
+def domains_to_claim_from(*, user: AbstractBaseUser, now: datetime) -> QuerySet[Domain]:
+    """The domains this reviewer may claim from, each flagged `has_expired_leases`.
+
+    The flag rides on the query a claim needs anyway, so the claim sweeps expired
+    leases only where there are some (most claims find none and skip the sweep)."""
+    expired_here = Item.objects.filter(domain=OuterRef("pk"), status=Item.Status.IN_REVIEW, lease_expires_at__lte=now)
+    return domains_reviewable_by(user=user).annotate(has_expired_leases=Exists(expired_here))
+
+
 def domain_get_for_submission(*, slug: str) -> Domain | None:
     return Domain.objects.filter(slug=slug, is_active=True).first()
 

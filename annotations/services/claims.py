@@ -1,14 +1,16 @@
 """Leases on items: claim the next one, keep it alive, give it back.
 
-PostgreSQL: the claim is two statements (claims_postgres.py); the second locks the
-chosen row with SELECT … FOR UPDATE SKIP LOCKED, so concurrent reviewers pass
-over each other's candidates instead of queueing behind them. SQLite ignores
+PostgreSQL: the claim is one SQL statement, two when expired leases wait
+(claims_postgres.py); it locks the chosen row with SELECT … FOR UPDATE SKIP
+LOCKED, so concurrent reviewers pass over each other's candidates instead of
+queueing behind them. SQLite ignores
 FOR UPDATE; there every transaction is BEGIN IMMEDIATE
 (settings.SQLITE_OPTIONS), which serialises claim transactions, and the claim
 runs through the ORM. On both, Claim's partial unique index (one open claim
 per item) is the last line of defence.
 """
 
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -18,7 +20,7 @@ from django.utils import timezone
 
 from annotations.exceptions import InvalidInput, LeaseLost, NotAllowed
 from annotations.models import Claim, Domain, Item
-from annotations.selectors import claimable_items, domain_get_for_submission, domains_reviewable_by, expired_leases
+from annotations.selectors import claimable_items, domain_get_for_submission, domains_to_claim_from, expired_leases
 from collab.events import item_group, send_event_on_commit
 
 from . import claims_postgres
@@ -40,8 +42,8 @@ def _announce_status(item_id: int, status: str, version: int) -> None:
     send_event_on_commit(item_group(item_id), "item.status", {"status": status, "version": version})
 
 
-def _domains_to_claim_from(reviewer: AbstractBaseUser, slug: str | None) -> dict[int, Domain]:
-    domains = {domain.pk: domain for domain in domains_reviewable_by(user=reviewer)}
+def _domains_to_claim_from(reviewer: AbstractBaseUser, slug: str | None, now: datetime) -> dict[int, Domain]:
+    domains = {domain.pk: domain for domain in domains_to_claim_from(user=reviewer, now=now)}
     if slug:
         chosen = {pk: domain for pk, domain in domains.items() if domain.slug == slug}
         if not chosen:
@@ -56,43 +58,53 @@ def _domains_to_claim_from(reviewer: AbstractBaseUser, slug: str | None) -> dict
 
 def item_claim_next(*, reviewer: AbstractBaseUser, domain: str | None = None) -> Item | None:
     """Lease the best ready item (highest priority, then oldest) to `reviewer`; None when the queue is empty."""
-    domains = _domains_to_claim_from(reviewer, domain)
-    with transaction.atomic():
-        now = timezone.now()  # inside: on SQLite, BEGIN IMMEDIATE may have waited for the lock
-        if connection.vendor == "postgresql":
-            item = _claim_next_postgres(reviewer=reviewer, domain_ids=list(domains), now=now)
-        else:
-            _expire_leases(domain_ids=list(domains), now=now, limit=_EXPIRED_PER_CLAIM)
-            item = _claim_next_portable(reviewer=reviewer, domain_ids=list(domains), now=now)
-        if item is None:
-            return None
-        item_status_changed(item)
-    item.domain, item.lease_owner = domains[item.domain_id], reviewer
+    domains = _domains_to_claim_from(reviewer, domain, timezone.now())
+    # Expired leases are handed back first so that they compete for this claim; only where the domain query saw some.
+    expired_in = [pk for pk, found in domains.items() if found.has_expired_leases]
+    if connection.vendor == "postgresql":
+        item = _claim_next_postgres(reviewer=reviewer, domain_ids=list(domains), expired_in=expired_in)
+    else:
+        item = _claim_next_portable(reviewer=reviewer, domain_ids=list(domains), expired_in=expired_in)
+    if item is not None:
+        item.domain, item.lease_owner = domains[item.domain_id], reviewer
     return item
 
 
-def _claim_next_postgres(*, reviewer: AbstractBaseUser, domain_ids: list[int], now: datetime) -> Item | None:
-    """The claim in two statements (claims_postgres.py): hand back expired leases, then lease the next item."""
-    for item_id, version in claims_postgres.sweep_expired(
-        domain_ids=domain_ids, now=now, sweep_limit=_EXPIRED_PER_CLAIM
-    ):
-        _announce_status(item_id, Item.Status.READY, version)
-    return claims_postgres.lease_next(reviewer_id=reviewer.pk, domain_ids=domain_ids, now=now, until=_lease_until(now))
+def _claim_next_postgres(*, reviewer: AbstractBaseUser, domain_ids: list[int], expired_in: list[int]) -> Item | None:
+    """The claim in SQL (claims_postgres.py). One statement is its own transaction, so BEGIN/COMMIT are only
+    needed when a sweep of expired leases must commit together with the lease."""
+    with transaction.atomic() if expired_in else nullcontext():
+        now = timezone.now()
+        for item_id, version in claims_postgres.sweep_expired(
+            domain_ids=expired_in, now=now, sweep_limit=_EXPIRED_PER_CLAIM
+        ):
+            _announce_status(item_id, Item.Status.READY, version)
+        item = claims_postgres.lease_next(
+            reviewer_id=reviewer.pk, domain_ids=domain_ids, now=now, until=_lease_until(now)
+        )
+        if item is not None:
+            item_status_changed(item)
+    return item
 
 
-def _claim_next_portable(*, reviewer: AbstractBaseUser, domain_ids: list[int], now: datetime) -> Item | None:
+def _claim_next_portable(*, reviewer: AbstractBaseUser, domain_ids: list[int], expired_in: list[int]) -> Item | None:
     """The claim through the ORM: SQLite, where BEGIN IMMEDIATE serialises claim transactions."""
-    item = claimable_items(user=reviewer, domain_ids=domain_ids).select_for_update(skip_locked=True).first()
-    if item is None:
-        return None
-    before = item_state(item)
-    item.status = Item.Status.IN_REVIEW
-    item.lease_owner = reviewer
-    item.lease_expires_at = _lease_until(now)
-    item.version += 1
-    item.save(update_fields=["status", "lease_owner", "lease_expires_at", "version", "updated_at"])
-    Claim.objects.create(item=item, reviewer=reviewer, claimed_at=now, lease_expires_at=item.lease_expires_at)
-    audit_record(actor=reviewer, verb="item.claimed", target=item, before=before, after=item_state(item))
+    with transaction.atomic():
+        now = timezone.now()  # inside: BEGIN IMMEDIATE may have waited for the lock
+        if expired_in:
+            _expire_leases(domain_ids=expired_in, now=now, limit=_EXPIRED_PER_CLAIM)
+        item = claimable_items(user=reviewer, domain_ids=domain_ids).select_for_update(skip_locked=True).first()
+        if item is None:
+            return None
+        before = item_state(item)
+        item.status = Item.Status.IN_REVIEW
+        item.lease_owner = reviewer
+        item.lease_expires_at = _lease_until(now)
+        item.version += 1
+        item.save(update_fields=["status", "lease_owner", "lease_expires_at", "version", "updated_at"])
+        Claim.objects.create(item=item, reviewer=reviewer, claimed_at=now, lease_expires_at=item.lease_expires_at)
+        audit_record(actor=reviewer, verb="item.claimed", target=item, before=before, after=item_state(item))
+        item_status_changed(item)
     return item
 
 

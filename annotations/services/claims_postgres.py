@@ -1,18 +1,20 @@
-"""The claim transaction on PostgreSQL, in two statements.
+"""The claim on PostgreSQL, in one statement (two when expired leases wait).
 
 Claiming is the hottest write in Sora: every approve→next runs it, from many
 reviewers at once. Through the ORM it costs six round trips and most of its
-time in Python; here it is two. They do what the ORM path in claims.py does
+time in Python; here it is one. It does what the ORM path in claims.py does
 (SQLite runs that one; CI runs the suite on both databases, so both are tested):
 
-1. SWEEP_SQL hands back up to `sweep_limit` expired leases of these domains
-   (item → ready, open claim ended as expired, audited), skipping rows other
-   claims hold. It is its own statement so that the items it hands back are
-   candidates for step 2 (all parts of one statement share one snapshot).
+1. SWEEP_SQL, only when the claim's domain query saw expired leases, hands
+   back up to `sweep_limit` of them (item → ready, open claim ended as expired,
+   audited), skipping rows other claims hold. It is its own statement so that
+   the items it hands back are candidates for step 2 (all parts of one
+   statement share one snapshot); the two then run in one transaction.
 2. LEASE_SQL locks the best ready item — priority, then age, then id — that
    this reviewer has not already approved, with FOR UPDATE SKIP LOCKED so
    concurrent reviewers pass over each other's candidates instead of waiting,
    leases it (item → in_review, version + 1), opens a Claim and audits it.
+   Alone it needs no BEGIN/COMMIT: one statement is one transaction.
 
 The audit JSON mirrors services.audit.item_state.
 """
@@ -91,6 +93,8 @@ _LEASE_SEVERAL_DOMAINS = LEASE_SQL.format(item_columns=_ITEM_COLUMNS, domain_mat
 
 def sweep_expired(*, domain_ids: list[int], now: datetime, sweep_limit: int) -> list[tuple[int, int]]:
     """Hand back expired leases; returns (id, new version) of each item handed back."""
+    if not domain_ids:
+        return []
     with connection.cursor() as cursor:
         cursor.execute(SWEEP_SQL, {"domain_ids": domain_ids, "now": now, "sweep_limit": sweep_limit})
         return [(item_id, version) for item_id, version in cursor.fetchall()]

@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotations import services
+from annotations import roles, services
 from annotations.exceptions import InvalidInput, LeaseLost, NotAllowed
 from annotations.models import AuditEvent, Claim, Item
 from tests.factories import DomainFactory, ItemFactory, reviewer_factory
@@ -173,3 +173,22 @@ def test_claim_and_expiry_audit_the_same_state_on_every_database(reviewer, secon
         {**state, "status": "in_review", "version": second.version, "lease_owner": second_reviewer.pk},
     ]
     assert claims[1].before == {**state, "status": "ready", "version": second.version - 1, "lease_owner": None}
+
+
+@pytest.mark.postgres
+def test_a_claim_is_one_statement_after_the_domain_query_unless_leases_expired(
+    reviewer, second_reviewer, domain, django_assert_num_queries
+):
+    first, second = ItemFactory(domain=domain), ItemFactory(domain=domain)
+    for user in (reviewer, second_reviewer):
+        roles.user_roles(user)  # the API's permission check has already loaded them
+
+    with django_assert_num_queries(2):  # the reviewer's domains, then the lease
+        services.item_claim_next(reviewer=reviewer)
+    expire_lease(first)
+    with django_assert_num_queries(5) as queries:  # + the sweep, in a transaction (a savepoint under the test's)
+        claimed = services.item_claim_next(reviewer=second_reviewer)
+
+    assert "expired" in queries.captured_queries[2]["sql"]
+    assert claimed.pk == first.pk
+    assert Item.objects.get(pk=second.pk).status == Item.Status.READY
