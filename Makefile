@@ -9,10 +9,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test lint format bench clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,6 +21,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(PY) manage.py prepare_model
 	$(PY) manage.py seed_demo
 	PORT=$(PORT) $(PY) manage.py sora_serve --port $(PORT)
 

@@ -71,7 +71,7 @@ class GenerationOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Generation
-        fields = ["id", "source", "status", "text", "model_version", "error", "created_at", "finished_at"]
+        fields = ["id", "source", "status", "text", "seq", "model_version", "error", "created_at", "finished_at"]
 
 
 class ReviewOutputSerializer(serializers.ModelSerializer):
@@ -110,6 +110,7 @@ class ItemOutputSerializer(serializers.ModelSerializer):
             "input",
             "metadata",
             "draft",
+            "uncertainty",
             "final_text",
             "approvals",
             "approvals_required",
@@ -189,6 +190,19 @@ class ItemDetailApi(APIView):
     def get(self, request, item_id: int):
         item = selectors.item_get_for_user(user=request.user, item_id=item_id, detail=True)
         return Response(ItemDetailOutputSerializer(item).data)
+
+
+class ItemGenerateApi(APIView):
+    permission_classes = [HasRole.of(roles.REVIEWER, roles.MODEL_MANAGER)]
+
+    @extend_schema(
+        request=None,
+        responses={202: GenerationOutputSerializer},
+        summary="Write a new draft with the domain's active model; it replaces the current draft when done",
+    )
+    def post(self, request, item_id: int):
+        generation = services.generation_request(item_id=item_id, user=request.user)
+        return Response(GenerationOutputSerializer(generation).data, status=status.HTTP_202_ACCEPTED)
 
 
 # --- Queue and leases -------------------------------------------------------

@@ -10,8 +10,14 @@ class Domain(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
+    system_prompt = models.TextField(blank=True, help_text="The model's system message; empty: none.")
     prompt_template = models.TextField(
-        help_text="Turns an item into the model's prompt. Placeholders: {input}, {metadata}."
+        help_text="Turns an item into the model's prompt (the user message). Placeholders: {input}, {metadata}."
+    )
+    sampling = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Decoding settings, e.g. {"temperature": 0, "max_new_tokens": 256}; temperature 0 is greedy.',
     )
     guidelines = models.TextField(blank=True, help_text="What reviewers must check, shown beside every draft.")
     rubric = models.JSONField(
@@ -41,6 +47,12 @@ class Domain(models.Model):
     def __str__(self) -> str:
         return self.slug
 
+    def clean(self) -> None:
+        from models_app.inference.prompts import sampling_errors
+
+        if errors := sampling_errors(self.sampling):
+            raise ValidationError({"sampling": errors})
+
     def rubric_names(self) -> list[str]:
         return [str(entry.get("name")) for entry in self.rubric if isinstance(entry, dict)]
 
@@ -66,6 +78,11 @@ class Item(models.Model):
     input = models.TextField()
     metadata = models.JSONField(default=dict, blank=True)
     draft = models.TextField(blank=True, help_text="The current draft (the latest generation).")
+    uncertainty = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Mean negative log-probability per token of the model's draft; higher: less sure.",
+    )
     final_text = models.TextField(blank=True, help_text="The latest approved text.")
     approvals = models.PositiveSmallIntegerField(default=0)
 
@@ -117,8 +134,10 @@ class Item(models.Model):
                 condition=Q(status="ready"),
                 name="item_queue_all_domains_idx",
             ),
-            # claim-next: leases that ran out.
-            models.Index(fields=["lease_expires_at"], condition=Q(status="in_review"), name="item_lease_expiry_idx"),
+            # claim-next: leases that ran out, per domain (the claim's "any expired here?" probe and its sweep).
+            models.Index(
+                fields=["domain", "lease_expires_at"], condition=Q(status="in_review"), name="item_lease_expiry_idx"
+            ),
             # lists: newest first, filtered by domain / status / external id.
             models.Index(fields=["domain", "status", "-created_at"], name="item_domain_status_idx"),
             models.Index(fields=["-created_at", "-id"], name="item_recent_idx"),
@@ -130,13 +149,19 @@ class Item(models.Model):
 
 
 class Generation(models.Model):
-    """A draft: written by a model, or handed in with the item."""
+    """A draft: written by a model, or handed in with the item.
+
+    While a model writes it, `text` holds what has been streamed so far and
+    `seq` the number of chunks in it, so a viewer who joins late starts from
+    here and continues with chunk seq + 1 (PRODUCT.md §6).
+    """
 
     class Source(models.TextChoices):
         MODEL = "model"
         SUBMITTED = "submitted"
 
     class Status(models.TextChoices):
+        QUEUED = "queued"
         STREAMING = "streaming"
         DONE = "done"
         FAILED = "failed"
@@ -149,8 +174,16 @@ class Generation(models.Model):
     model_version = models.ForeignKey(
         "models_app.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="generations"
     )
+    seq = models.PositiveIntegerField(default=0, help_text="Chunks streamed so far.")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Workers that started it (a lost worker retries).")
+    token_logprobs = models.JSONField(default=list, blank=True, help_text="Log-probability of each generated token.")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -7,3 +7,11 @@ from . import services
 def leases_expire_task() -> int:
     """Return items whose reviewers went quiet to the queue, so lists show them as ready."""
     return services.leases_expire()
+
+
+@shared_task(name="annotations.generate_draft", acks_late=True, reject_on_worker_lost=True)
+def generate_draft(generation_id: int) -> None:
+    """Write a draft with the domain's active model (inference queue). A lost worker's delivery is retried."""
+    from .services.generation import generation_run
+
+    generation_run(generation_id)

@@ -20,6 +20,7 @@ register_converter(IdConverter, "id")
 urlpatterns = [
     path("items/", apis.ItemListCreateApi.as_view(), name="item-list"),
     path("items/<id:item_id>/", apis.ItemDetailApi.as_view(), name="item-detail"),
+    path("items/<id:item_id>/generate/", apis.ItemGenerateApi.as_view(), name="item-generate"),
     path("items/<id:item_id>/heartbeat/", apis.ItemHeartbeatApi.as_view(), name="item-heartbeat"),
     path("items/<id:item_id>/release/", apis.ItemReleaseApi.as_view(), name="item-release"),
     path("items/<id:item_id>/reviews/", apis.ItemReviewCreateApi.as_view(), name="item-reviews"),

@@ -23,8 +23,17 @@ def item_group(item_id: int) -> str:
 def send_event_on_commit(group: str, type: str, payload: dict) -> None:
     """Send `payload` to a channel group once the current transaction commits,
     so nobody hears of a change that was rolled back."""
-    message = {"type": type.replace(".", "_"), **payload}
+    message = _message(type, payload)
     transaction.on_commit(lambda: _publisher.publish(group, message))
+
+
+def send_event(group: str, type: str, payload: dict) -> None:
+    """Send now: for what is already stored (a streamed chunk) or stored nowhere (an error)."""
+    _publisher.publish(group, _message(type, payload))
+
+
+def _message(type: str, payload: dict) -> dict:
+    return {"type": type.replace(".", "_"), **payload}
 
 
 class _LayerPublisher:

@@ -1,2 +1,7 @@
-# The item and job consumers (PRODUCT.md §6) arrive with live streaming.
-websocket_urlpatterns: list = []
+from django.urls import re_path
+
+from .consumers import ItemConsumer
+
+websocket_urlpatterns = [
+    re_path(r"^ws/items/(?P<item_id>[0-9]{1,18})/$", ItemConsumer.as_asgi()),
+]

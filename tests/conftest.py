@@ -96,3 +96,19 @@ def api():
             return self
 
     return Client()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture
+def tiny_model(db, tiny_model_dir):
+    """The tiny model registered as a version and active for every domain (as prepare_model does for SmolLM2)."""
+    from models_app.services import base_version_register
+
+    version, _ = base_version_register(path=tiny_model_dir, name="tiny-llama", activate_everywhere=True)
+    return version

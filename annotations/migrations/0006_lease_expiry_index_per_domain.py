@@ -5,19 +5,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotations', '0005_model_manager_admin_permissions'),
+        ("annotations", "0005_model_manager_admin_permissions"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='item',
-            name='item_lease_expiry_idx',
+            model_name="item",
+            name="item_lease_expiry_idx",
         ),
         migrations.AddIndex(
-            model_name='item',
-            index=models.Index(condition=models.Q(('status', 'in_review')), fields=['domain', 'lease_expires_at'], name='item_lease_expiry_idx'),
+            model_name="item",
+            index=models.Index(
+                condition=models.Q(("status", "in_review")),
+                fields=["domain", "lease_expires_at"],
+                name="item_lease_expiry_idx",
+            ),
         ),
     ]

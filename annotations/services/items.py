@@ -9,6 +9,7 @@ from annotations.models import Generation, Item
 from annotations.selectors import domain_get_for_submission
 
 from .audit import audit_record, item_state
+from .generation import generation_queue
 
 
 def _request_hash(fields: dict) -> str:
@@ -31,7 +32,7 @@ def item_submit(
     With an Idempotency-Key, a repeat of the same request returns the first
     item (created=False) and a different request under the same key is refused.
     An item with a draft is review-only and goes straight to `ready`; one
-    without waits in `queued` for generation.
+    without is `queued` and its draft is written by the inference worker.
     """
     fields = {
         "domain": domain,
@@ -67,6 +68,8 @@ def item_submit(
             )
             if draft:
                 Generation.objects.create(item=item, source=Generation.Source.SUBMITTED, text=draft)
+            else:
+                generation_queue(item=item, requested_by=submitted_by)
             audit_record(actor=submitted_by, verb="item.submitted", target=item, after=item_state(item))
     except IntegrityError:
         if not idempotency_key:

@@ -118,8 +118,12 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ROUTES = {
+    # Generation holds a model in memory and a core busy: its own queue, its own workers (a GPU one in production).
+    "annotations.generate_draft": {"queue": "inference"},
     "annotations.*": {"queue": "default"},
 }
+# A worker takes one task at a time, so a long generation never sits on tasks queued behind it.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
 CACHES = {
     "default": (
@@ -194,6 +198,19 @@ SPECTACULAR_SETTINGS = {
 # How long a claim holds an item before another reviewer may take it.
 SORA_LEASE_SECONDS = env.int("SORA_LEASE_SECONDS", default=600)
 SORA_MAX_INPUT_CHARS = env.int("SORA_MAX_INPUT_CHARS", default=100_000)
+
+# Models (PRODUCT.md §4, §9). SORA_BASE_MODEL: a local Hugging Face folder to use instead of the bundled SmolLM2.
+SORA_MODELS_DIR = DATA_DIR / "models"
+SORA_BASE_MODEL = env("SORA_BASE_MODEL", default="")
+SORA_INFERENCE_BACKEND = env("SORA_INFERENCE_BACKEND", default="local")
+# Drafts written at once by `sora_serve`'s inference worker (each process holds its own copy of the model).
+SORA_INFERENCE_CONCURRENCY = env.int("SORA_INFERENCE_CONCURRENCY", default=1)
+SORA_OPENAI_BASE_URL = env("SORA_OPENAI_BASE_URL", default="")
+SORA_OPENAI_API_KEY = env("SORA_OPENAI_API_KEY", default="")
+SORA_OPENAI_MODEL = env("SORA_OPENAI_MODEL", default="")
+# Streaming: a chunk goes out every this many milliseconds or decoded pieces, whichever comes first.
+SORA_STREAM_FLUSH_MS = env.int("SORA_STREAM_FLUSH_MS", default=50)
+SORA_STREAM_FLUSH_PIECES = env.int("SORA_STREAM_FLUSH_PIECES", default=8)
 
 LOGGING = {
     "version": 1,

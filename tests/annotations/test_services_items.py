@@ -23,11 +23,12 @@ def test_item_with_a_draft_is_ready_for_review(integration, customer_service):
     assert (event.verb, event.actor, event.after["status"]) == ("item.submitted", integration, "ready")
 
 
-def test_item_without_a_draft_waits_for_generation(integration, customer_service):
+def test_item_without_a_draft_is_queued_for_generation(integration, customer_service):
     item, _ = submit(integration, draft=None)
 
     assert item.status == Item.Status.QUEUED
-    assert not item.generations.exists()
+    generation = item.generations.get()
+    assert (generation.source, generation.status) == (Generation.Source.MODEL, Generation.Status.QUEUED)
 
 
 def test_unknown_domain_is_refused_naming_the_field(integration, db):

@@ -1,5 +1,6 @@
 """Run the whole product on one machine: embedded Redis (when REDIS_URL is unset),
-a Celery worker with its beat scheduler, and Daphne. Ctrl-C stops them all."""
+a Celery worker with its beat scheduler, an inference worker, and Daphne.
+Ctrl-C stops them all."""
 
 import os
 import signal
@@ -34,7 +35,16 @@ class Command(BaseCommand):
                     subprocess.Popen(
                         [sys.executable, "-m", "celery", "-A", "sora_web", "worker", "--beat",
                          "--loglevel", "INFO", "--concurrency", "2", "-Q", "default",
+                         "--hostname", "default@%h",
                          "--schedule", str(settings.DATA_DIR / "celerybeat-schedule")]
+                    )
+                )  # fmt: skip
+                # Generation in its own worker: one model in memory, and no short task waits behind a long draft.
+                children.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "celery", "-A", "sora_web", "worker", "--loglevel", "INFO",
+                         "--concurrency", str(settings.SORA_INFERENCE_CONCURRENCY), "-Q", "inference",
+                         "--hostname", "inference@%h"]
                     )
                 )  # fmt: skip
             children.append(

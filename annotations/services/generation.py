@@ -1,0 +1,313 @@
+"""Drafts written by a model: request, run (in the inference worker), cancel.
+
+Item status: queued → generating → ready, or failed with the reason. An item
+being reviewed keeps its lease and status while its holder regenerates it;
+the new draft bumps its version.
+
+Streaming (PRODUCT.md §6): decoded text is batched into chunks (every
+SORA_STREAM_FLUSH_MS or SORA_STREAM_FLUSH_PIECES pieces, whichever comes
+first) so the channel layer sees a few messages a second, not one per token.
+Each chunk is appended to the Generation row *before* it is published, with
+its number in `seq`, so a viewer who joins late reads the text so far and
+continues with the next chunk without a gap.
+"""
+
+import logging
+import time
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from annotations import roles
+from annotations.exceptions import InvalidTransition, NotAllowed
+from annotations.models import Generation, Item
+from annotations.selectors import domains_reviewable_by, item_get_for_user
+from collab.events import item_group, send_event, send_event_on_commit
+from models_app.inference import GenerationFailed, GenerationOutput, get_backend
+from models_app.inference.base import ModelRef
+from models_app.inference.prompts import build_messages, sampling_from
+from models_app.selectors import active_version_for
+
+from .audit import audit_record, item_state
+from .claims import item_status_changed
+
+logger = logging.getLogger(__name__)
+
+# A generation whose worker died this many times is failed instead of retried.
+MAX_ATTEMPTS = 3
+_LIVE = (Generation.Status.QUEUED, Generation.Status.STREAMING)
+
+
+# --- requests (web) ---------------------------------------------------------
+
+
+def _check_may_generate(user: AbstractBaseUser, item: Item) -> None:
+    if roles.is_manager(user) or roles.is_admin(user):
+        return
+    if roles.has_role(user, roles.REVIEWER) and domains_reviewable_by(user=user).filter(pk=item.domain_id).exists():
+        return
+    raise NotAllowed("Only a reviewer of this domain or a model manager may generate its drafts.")
+
+
+def generation_queue(*, item: Item, requested_by: AbstractBaseUser | None) -> Generation:
+    """Create a queued Generation and send it to the inference worker once the transaction commits."""
+    from annotations.tasks import generate_draft
+
+    generation = Generation.objects.create(
+        item=item, source=Generation.Source.MODEL, status=Generation.Status.QUEUED, requested_by=requested_by
+    )
+    transaction.on_commit(lambda: generate_draft.delay(generation.pk))
+    return generation
+
+
+@transaction.atomic
+def generation_request(*, item_id: int, user: AbstractBaseUser) -> Generation:
+    """Ask for a new draft; it replaces the current one when done. 409 while one is already being written."""
+    item = item_get_for_user(user=user, item_id=item_id)
+    _check_may_generate(user, item)
+    item = Item.objects.select_for_update().get(pk=item.pk)
+    if item.generations.filter(status__in=_LIVE).exists():
+        raise InvalidTransition("A draft is already being written for this item.", status=item.status)
+    if item.status == Item.Status.IN_REVIEW and item.lease_owner_id != user.pk:
+        raise InvalidTransition("Another reviewer holds this item.", status=item.status, version=item.version)
+    if item.status in (Item.Status.APPROVED, Item.Status.REJECTED):
+        raise InvalidTransition(f"The item is {item.status}; its draft can no longer change.", status=item.status)
+    before = item_state(item)
+    if item.status != Item.Status.IN_REVIEW:
+        item.status = Item.Status.QUEUED
+        item.version += 1
+        item.save(update_fields=["status", "version", "updated_at"])
+    generation = generation_queue(item=item, requested_by=user)
+    audit_record(actor=user, verb="item.generation_requested", target=item, before=before, after=item_state(item))
+    item_status_changed(item)
+    return generation
+
+
+@transaction.atomic
+def generation_cancel(*, item_id: int, user: AbstractBaseUser) -> Generation | None:
+    """Stop the draft being written (the worker stops within one decoding step); None when there is none."""
+    item = item_get_for_user(user=user, item_id=item_id)
+    _check_may_generate(user, item)
+    generation = (
+        Generation.objects.select_for_update().filter(item_id=item.pk, status__in=_LIVE).order_by("-id").first()
+    )
+    if generation is None:
+        return None
+    generation.cancel_requested_at = timezone.now()
+    generation.save(update_fields=["cancel_requested_at"])
+    if generation.status == Generation.Status.QUEUED:
+        # No worker has it yet: end it here (the worker will find it cancelled and skip it).
+        _end(generation, status=Generation.Status.CANCELLED, error="Cancelled before it started.", actor=user)
+    audit_record(actor=user, verb="generation.cancel_requested", target=generation, after={"item": item.pk})
+    return generation
+
+
+# --- the run (inference worker) ----------------------------------------------
+
+
+class ChunkStream:
+    """Batches decoded text into numbered chunks, each stored and then published."""
+
+    def __init__(self, generation: Generation) -> None:
+        self.generation_id = generation.pk
+        self.group = item_group(generation.item_id)
+        self.flush_seconds = settings.SORA_STREAM_FLUSH_MS / 1000
+        self.flush_pieces = settings.SORA_STREAM_FLUSH_PIECES
+        self.pending: list[str] = []
+        self.sent: list[str] = []
+        self.seq = 0
+        self.last_flush = time.monotonic()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.sent) + "".join(self.pending)
+
+    def add(self, piece: str) -> None:
+        self.pending.append(piece)
+        # The first chunk goes at once: time to first text is what a watching reviewer feels most.
+        due = time.monotonic() - self.last_flush >= self.flush_seconds
+        if self.seq == 0 or len(self.pending) >= self.flush_pieces or due:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        chunk = "".join(self.pending)
+        self.pending.clear()
+        self.seq += 1
+        Generation.objects.filter(pk=self.generation_id).update(text=Concat(F("text"), Value(chunk)), seq=self.seq)
+        self.sent.append(chunk)
+        send_event(self.group, "tokens", {"seq": self.seq, "text": chunk, "generation_id": self.generation_id})
+        self.last_flush = time.monotonic()
+
+
+class CancelPoll:
+    """Asked after every decoding step; reads the cancel flag from the database at most every `every` seconds."""
+
+    def __init__(self, generation_id: int, every: float = 0.05) -> None:
+        self.generation_id = generation_id
+        self.every = every
+        self.checked_at = 0.0
+        self.cancelled = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.cancelled and now - self.checked_at >= self.every:
+            self.checked_at = now
+            self.cancelled = Generation.objects.filter(
+                pk=self.generation_id, cancel_requested_at__isnull=False
+            ).exists()
+        return self.cancelled
+
+
+def generation_run(generation_id: int) -> None:
+    """Write the draft of a queued Generation, streaming it to the item's viewers."""
+    generation = _start(generation_id)
+    if generation is None:
+        return
+    item, version = generation.item, generation.model_version
+    stream = ChunkStream(generation)
+    try:
+        output = get_backend().generate(
+            ModelRef(
+                key=f"{version.pk}:{version.name}", base_model=version.base_model, adapter_path=version.adapter_path
+            ),
+            build_messages(
+                system_prompt=item.domain.system_prompt,
+                prompt_template=item.domain.prompt_template,
+                input=item.input,
+                metadata=item.metadata,
+            ),
+            sampling_from(item.domain.sampling),
+            on_text=stream.add,
+            should_stop=CancelPoll(generation.pk),
+        )
+        stream.flush()
+    except GenerationFailed as exc:
+        _fail(generation, str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 — any failure must end the stream with an error, never hang it
+        logger.exception("generation %s failed", generation.pk)
+        _fail(generation, f"Generation failed ({type(exc).__name__}); the worker log has the details.")
+        return
+    _finish(generation, stream, output)
+
+
+def _start(generation_id: int) -> Generation | None:
+    """Claim the generation for this worker; None when there is nothing to do."""
+    with transaction.atomic():
+        generation = Generation.objects.select_for_update().filter(pk=generation_id).first()
+        if generation is None or generation.status not in _LIVE:
+            return None  # cancelled before it started, or finished by an earlier delivery
+        generation.item = Item.objects.select_related("domain").get(pk=generation.item_id)
+        if generation.status == Generation.Status.STREAMING and generation.attempts >= MAX_ATTEMPTS:
+            _end(generation, status=Generation.Status.FAILED, error=f"Its worker was lost {generation.attempts} times.")
+            return None
+        if generation.cancel_requested_at:
+            _end(generation, status=Generation.Status.CANCELLED, error="Cancelled before it started.")
+            return None
+        version = active_version_for(domain_id=generation.item.domain_id)
+        if version is None:
+            _end(
+                generation,
+                status=Generation.Status.FAILED,
+                error=f"No active model for the domain {generation.item.domain.slug!r}; run `manage.py prepare_model`.",
+            )
+            return None
+        # A generation found streaming was started by a worker that died: start it again from nothing.
+        generation.status, generation.text, generation.seq = Generation.Status.STREAMING, "", 0
+        generation.model_version, generation.started_at = version, timezone.now()
+        generation.attempts += 1
+        generation.save(update_fields=["status", "text", "seq", "model_version", "started_at", "attempts"])
+        item = Item.objects.select_for_update().get(pk=generation.item_id)
+        if item.status == Item.Status.QUEUED:
+            before = item_state(item)
+            item.status = Item.Status.GENERATING
+            item.version += 1
+            item.save(update_fields=["status", "version", "updated_at"])
+            audit_record(actor=None, verb="item.generating", target=item, before=before, after=item_state(item))
+            item_status_changed(item)
+    generation.model_version = version
+    return generation
+
+
+def _finish(generation: Generation, stream: ChunkStream, output: GenerationOutput) -> None:
+    if output.cancelled:
+        _end(generation, status=Generation.Status.CANCELLED, error="Cancelled.", text=stream.text)
+        return
+    with transaction.atomic():
+        item = Item.objects.select_for_update().get(pk=generation.item_id)
+        generation.status, generation.text = Generation.Status.DONE, stream.text
+        generation.token_logprobs, generation.finished_at = output.token_logprobs, timezone.now()
+        generation.save(update_fields=["status", "text", "token_logprobs", "finished_at"])
+        if item.status in (Item.Status.APPROVED, Item.Status.REJECTED):
+            return  # decided while this draft was being written: the decision stands
+        before = item_state(item)
+        item.draft, item.uncertainty = generation.text, output.uncertainty
+        if item.status != Item.Status.IN_REVIEW:
+            item.status = Item.Status.READY
+        item.version += 1
+        item.save(update_fields=["draft", "uncertainty", "status", "version", "updated_at"])
+        audit_record(
+            actor=None,
+            verb="item.generated",
+            target=item,
+            before=before,
+            after={**item_state(item), "generation": generation.pk, "model_version": generation.model_version_id},
+        )
+        item_status_changed(item)
+        send_event_on_commit(
+            item_group(item.pk),
+            "done",
+            {
+                "seq": stream.seq,
+                "text": generation.text,
+                "generation_id": generation.pk,
+                "model_version": generation.model_version.name,
+            },
+        )
+
+
+def _fail(generation: Generation, message: str) -> None:
+    try:
+        _end(generation, status=Generation.Status.FAILED, error=message)
+    finally:
+        # Even if the database is what failed, the viewers hear of it.
+        send_event(item_group(generation.item_id), "error", {"message": message, "generation_id": generation.pk})
+
+
+def _end(
+    generation: Generation,
+    *,
+    status: str,
+    error: str,
+    text: str | None = None,
+    actor: AbstractBaseUser | None = None,
+) -> None:
+    """Close a generation that will not become the draft; the item falls back to its old draft, or `failed`."""
+    with transaction.atomic():
+        item = Item.objects.select_for_update().get(pk=generation.item_id)
+        generation.status, generation.error, generation.finished_at = status, error, timezone.now()
+        fields = ["status", "error", "finished_at"]
+        if text is not None:
+            generation.text = text
+            fields.append("text")
+        generation.save(update_fields=fields)
+        if item.status in (Item.Status.QUEUED, Item.Status.GENERATING):
+            before = item_state(item)
+            item.status = Item.Status.READY if item.draft else Item.Status.FAILED
+            item.version += 1
+            item.save(update_fields=["status", "version", "updated_at"])
+            verb = "item.generation_failed" if status == Generation.Status.FAILED else "item.generation_cancelled"
+            audit_record(actor=actor, verb=verb, target=item, before=before, after={**item_state(item), "error": error})
+            item_status_changed(item)
+        if status == Generation.Status.CANCELLED:
+            send_event_on_commit(
+                item_group(item.pk),
+                "error",
+                {"message": error, "code": "cancelled", "generation_id": generation.pk},
+            )

@@ -1,0 +1,113 @@
+"""`/ws/items/{id}/`: the live channel of PRODUCT.md §6.
+
+The consumer is thin: reads and writes go through collab.services and the
+annotations services; it only joins the item's group and relays what the
+group carries. Origin is checked by AllowedHostsOriginValidator (asgi.py),
+the session by AuthMiddlewareStack, the domain permission by the
+`item_get_for_user` selector.
+"""
+
+import json
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from annotations.exceptions import SoraError
+from annotations.services.generation import generation_cancel, generation_request
+from collab import services
+from collab.events import item_group
+
+logger = logging.getLogger(__name__)
+
+
+class ItemConsumer(AsyncJsonWebsocketConsumer):
+    item_id: int
+    group: str
+    # The generation being followed and the last chunk sent; chunks up to it are in the snapshot already.
+    generation_id: int | None = None
+    seq: int = 0
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close()  # before accept(): the handshake is refused (HTTP 403)
+            return
+        self.item_id = int(self.scope["url_route"]["kwargs"]["item_id"])
+        self.group = item_group(self.item_id)
+        # Join first, read second: a chunk stored after the read still arrives through the group.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        try:
+            snapshot = await database_sync_to_async(services.viewer_join)(
+                user=user, item_id=self.item_id, channel_name=self.channel_name
+            )
+        except SoraError:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.close()
+            return
+        self.generation_id, self.seq = snapshot["generation_id"], snapshot["seq"]
+        await self.accept()
+        await self.send_json(snapshot)
+        await self.channel_layer.group_send(self.group, {"type": "presence", "viewers": snapshot["viewers"]})
+
+    async def disconnect(self, code: int) -> None:
+        if not hasattr(self, "group"):
+            return
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        if await database_sync_to_async(services.viewer_leave)(channel_name=self.channel_name) is not None:
+            viewers = await database_sync_to_async(services.viewers_of)(self.item_id)
+            await self.channel_layer.group_send(self.group, {"type": "presence", "viewers": viewers})
+
+    # --- client → server ----------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs) -> None:
+        try:
+            content = json.loads(text_data or "")
+        except (json.JSONDecodeError, RecursionError):
+            await self.send_json({"type": "error", "message": "Messages must be JSON objects.", "code": "invalid"})
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        action = content.get("action") if isinstance(content, dict) else None
+        handlers = {"generate": generation_request, "cancel": generation_cancel}
+        if action not in handlers:
+            await self.send_json(
+                {
+                    "type": "error",
+                    "message": 'Unknown action; send {"action": "generate"} or "cancel".',
+                    "code": "invalid",
+                }
+            )
+            return
+        try:
+            await database_sync_to_async(handlers[action])(item_id=self.item_id, user=self.scope["user"])
+        except SoraError as exc:
+            await self.send_json({"type": "error", "message": exc.message, "code": exc.code})
+
+    # --- group → client ------------------------------------------------------
+
+    async def tokens(self, event: dict) -> None:
+        if event["generation_id"] != self.generation_id:
+            if event["seq"] != 1:
+                return  # a chunk of a generation this viewer does not follow
+            self.generation_id, self.seq = event["generation_id"], 0  # a new generation starts
+        if event["seq"] <= self.seq:
+            return  # already in the snapshot
+        self.seq = event["seq"]
+        await self.send_json({"type": "tokens", "seq": event["seq"], "text": event["text"]})
+
+    async def done(self, event: dict) -> None:
+        self.generation_id, self.seq = event["generation_id"], event["seq"]
+        await self.send_json(
+            {key: event[key] for key in ("seq", "text", "generation_id", "model_version")} | {"type": "done"}
+        )
+
+    async def error(self, event: dict) -> None:
+        await self.send_json({"type": "error", "message": event["message"], "code": event.get("code", "generation")})
+
+    async def presence(self, event: dict) -> None:
+        await self.send_json({"type": "presence", "viewers": event["viewers"]})
+
+    async def item_status(self, event: dict) -> None:
+        await self.send_json({"type": "item", "status": event["status"], "version": event["version"]})

@@ -1,0 +1,50 @@
+"""An item and its domain → chat messages and decoding settings."""
+
+import json
+
+from .base import Sampling
+
+_SAMPLING_FIELDS = {"max_new_tokens": int, "temperature": float, "top_p": float, "repetition_penalty": float}
+
+
+def render_prompt(template: str, *, input: str, metadata: dict) -> str:
+    """Fill {input} and {metadata}. Plain replacement, not str.format: an item's text may hold braces."""
+    metadata_text = json.dumps(metadata, ensure_ascii=False, sort_keys=True) if metadata else "(none)"
+    return template.replace("{metadata}", metadata_text).replace("{input}", input)
+
+
+def build_messages(*, system_prompt: str, prompt_template: str, input: str, metadata: dict) -> list[dict]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    messages.append({"role": "user", "content": render_prompt(prompt_template, input=input, metadata=metadata)})
+    return messages
+
+
+def sampling_from(settings: dict) -> Sampling:
+    """The domain's `sampling` JSON over the defaults; Domain.clean() has already refused bad values."""
+    known = {name: kind(settings[name]) for name, kind in _SAMPLING_FIELDS.items() if name in settings}
+    return Sampling(**known)
+
+
+def sampling_errors(settings: object) -> list[str]:
+    if not isinstance(settings, dict):
+        return ["must be a JSON object"]
+    errors = [f"unknown setting {name!r}" for name in settings if name not in _SAMPLING_FIELDS]
+    for name, kind in _SAMPLING_FIELDS.items():
+        if name not in settings:
+            continue
+        value = settings[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (kind is int and not isinstance(value, int))
+        ):
+            errors.append(f"{name} must be a number" + (" (whole)" if kind is int else ""))
+        elif name == "max_new_tokens" and not 1 <= value <= 4096:
+            errors.append("max_new_tokens must be from 1 to 4096")
+        elif name == "temperature" and not 0 <= value <= 5:
+            errors.append("temperature must be from 0 to 5")
+        elif name == "top_p" and not 0 < value <= 1:
+            errors.append("top_p must be above 0 and at most 1")
+        elif name == "repetition_penalty" and not 0 < value <= 5:
+            errors.append("repetition_penalty must be above 0 and at most 5")
+    return errors

@@ -1,0 +1,267 @@
+"""Drafts written by the model: the request, the worker's run, cancel, failures (annotations/services/generation.py).
+
+Celery is eager in the test settings: a queued generation runs when its
+transaction commits, so `django_capture_on_commit_callbacks(execute=True)`
+plays the worker.
+"""
+
+import pytest
+from django.utils import timezone
+
+from annotations import services
+from annotations.exceptions import InvalidTransition, NotAllowed, NotFound
+from annotations.models import AuditEvent, Generation, Item
+from annotations.services import generation as generation_module
+from annotations.services.generation import ChunkStream, generation_queue
+from models_app.inference import GenerationFailed, GenerationOutput
+from models_app.models import ActiveModel
+from tests.factories import ItemFactory, reviewer_factory
+
+MAX_TOKENS = 24
+
+
+@pytest.fixture
+def short_drafts(domain):
+    domain.sampling = {"max_new_tokens": MAX_TOKENS}
+    domain.save()
+    return domain
+
+
+def submit_without_draft(user, domain, capture):
+    with capture(execute=True):
+        item, _ = services.item_submit(submitted_by=user, domain=domain.slug, input="Where is my parcel?")
+    item.refresh_from_db()
+    return item
+
+
+class FakeBackend:
+    """Stands in for the model where a test needs a failure or a cancel at an exact moment."""
+
+    def __init__(self, pieces=("Hello", " there", " friend"), raise_after=None, on_piece=None):
+        self.pieces, self.raise_after, self.on_piece = pieces, raise_after, on_piece
+
+    def generate(self, model, messages, sampling, on_text, should_stop):
+        sent = []
+        for index, piece in enumerate(self.pieces):
+            if self.raise_after is not None and index == self.raise_after:
+                raise self.raise_after_error
+            on_text(piece)
+            sent.append(piece)
+            if self.on_piece:
+                self.on_piece(index)
+            if should_stop():
+                return GenerationOutput(text="".join(sent), cancelled=True)
+        return GenerationOutput(text="".join(sent), token_logprobs=[-0.5] * len(sent))
+
+
+def use_backend(monkeypatch, backend):
+    monkeypatch.setattr(generation_module, "get_backend", lambda: backend)
+
+
+def test_an_item_without_a_draft_gets_one_from_the_active_model(
+    integration, short_drafts, tiny_model, django_capture_on_commit_callbacks
+):
+    item = submit_without_draft(integration, short_drafts, django_capture_on_commit_callbacks)
+
+    generation = item.generations.get()
+    assert item.status == Item.Status.READY
+    assert item.draft == generation.text != ""
+    assert (generation.status, generation.model_version, generation.source) == (
+        Generation.Status.DONE,
+        tiny_model,
+        Generation.Source.MODEL,
+    )
+    assert len(generation.token_logprobs) == MAX_TOKENS
+    assert item.uncertainty == pytest.approx(-sum(generation.token_logprobs) / MAX_TOKENS)
+    assert generation.seq >= 2  # streamed in several chunks
+    events = AuditEvent.objects.filter(target_type="annotations.item", target_id=str(item.pk)).order_by("id")
+    verbs = list(events.values_list("verb", flat=True))
+    assert verbs == ["item.submitted", "item.generating", "item.generated"]
+
+
+def test_without_an_active_model_the_item_fails_with_the_reason(
+    integration, short_drafts, tiny_model, django_capture_on_commit_callbacks
+):
+    ActiveModel.objects.filter(domain=short_drafts).delete()
+
+    item = submit_without_draft(integration, short_drafts, django_capture_on_commit_callbacks)
+
+    generation = item.generations.get()
+    assert item.status == Item.Status.FAILED
+    assert generation.status == Generation.Status.FAILED
+    assert "No active model" in generation.error and "prepare_model" in generation.error
+
+
+def test_a_backend_failure_fails_the_item_and_keeps_the_message(
+    integration, short_drafts, tiny_model, monkeypatch, django_capture_on_commit_callbacks
+):
+    backend = FakeBackend(raise_after=1)
+    backend.raise_after_error = GenerationFailed("The inference server answered 503: busy")
+    use_backend(monkeypatch, backend)
+
+    item = submit_without_draft(integration, short_drafts, django_capture_on_commit_callbacks)
+
+    assert item.status == Item.Status.FAILED
+    assert item.generations.get().error == "The inference server answered 503: busy"
+
+
+def test_an_unexpected_exception_fails_the_item_without_leaking_internals(
+    integration, short_drafts, tiny_model, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    settings.SORA_STREAM_FLUSH_MS = 60_000  # chunks by piece count only: the first piece alone goes out
+    backend = FakeBackend(raise_after=2)
+    backend.raise_after_error = RuntimeError("CUDA out of memory at 0xdeadbeef")
+    use_backend(monkeypatch, backend)
+
+    item = submit_without_draft(integration, short_drafts, django_capture_on_commit_callbacks)
+
+    generation = item.generations.get()
+    assert item.status == Item.Status.FAILED
+    assert generation.error == "Generation failed (RuntimeError); the worker log has the details."
+    assert generation.text == "Hello"  # what the viewers saw before the failure (" there" was not sent yet)
+
+
+def test_regenerating_a_ready_item_replaces_its_draft(
+    reviewer, short_drafts, tiny_model, django_capture_on_commit_callbacks
+):
+    item = ItemFactory(domain=short_drafts, draft="An old draft.")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.generation_request(item_id=item.pk, user=reviewer)
+
+    item.refresh_from_db()
+    latest = item.generations.order_by("-id").first()
+    assert item.status == Item.Status.READY
+    assert item.draft == latest.text != "An old draft."
+    assert item.version == 4  # queued, generating, ready
+
+
+def test_the_lease_holder_regenerates_without_losing_the_lease(
+    reviewer, short_drafts, tiny_model, django_capture_on_commit_callbacks
+):
+    ItemFactory(domain=short_drafts)
+    claimed = services.item_claim_next(reviewer=reviewer)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.generation_request(item_id=claimed.pk, user=reviewer)
+
+    item = Item.objects.get(pk=claimed.pk)
+    assert (item.status, item.lease_owner) == (Item.Status.IN_REVIEW, reviewer)
+    assert item.version == claimed.version + 1  # the new draft: a save against the old version is refused
+    assert item.draft == item.generations.order_by("-id").first().text
+
+
+def test_who_may_ask_for_a_draft(reviewer, second_reviewer, integration, short_drafts, tiny_model):
+    item = ItemFactory(domain=short_drafts, submitted_by=integration)
+    outsider = reviewer_factory(ItemFactory().domain)
+
+    with pytest.raises(NotAllowed):
+        services.generation_request(item_id=item.pk, user=integration)  # sees what it submitted, may not generate
+    with pytest.raises(NotFound):
+        services.generation_request(item_id=item.pk, user=outsider)
+
+    services.item_claim_next(reviewer=reviewer)
+    with pytest.raises(InvalidTransition, match="Another reviewer holds"):
+        services.generation_request(item_id=item.pk, user=second_reviewer)
+
+
+def test_no_new_draft_for_a_decided_item_or_while_one_is_written(reviewer, short_drafts, tiny_model):
+    decided = ItemFactory(domain=short_drafts, status=Item.Status.APPROVED)
+    busy = ItemFactory(domain=short_drafts)
+    services.generation_request(item_id=busy.pk, user=reviewer)  # queued (the worker runs on commit)
+
+    with pytest.raises(InvalidTransition, match="approved"):
+        services.generation_request(item_id=decided.pk, user=reviewer)
+    with pytest.raises(InvalidTransition, match="already being written"):
+        services.generation_request(item_id=busy.pk, user=reviewer)
+
+
+def test_cancel_before_the_worker_starts_ends_the_generation_at_once(reviewer, short_drafts, tiny_model):
+    with_draft = ItemFactory(domain=short_drafts, draft="Kept draft.")
+    without = ItemFactory(domain=short_drafts, draft="")
+    for item in (with_draft, without):
+        services.generation_request(item_id=item.pk, user=reviewer)
+        generation = services.generation_cancel(item_id=item.pk, user=reviewer)
+        assert generation.status == Generation.Status.CANCELLED
+        services.generation_run(generation.pk)  # the worker's delivery arrives later and does nothing
+
+    with_draft.refresh_from_db()
+    without.refresh_from_db()
+    assert (with_draft.status, with_draft.draft) == (Item.Status.READY, "Kept draft.")
+    assert without.status == Item.Status.FAILED
+    assert services.generation_cancel(item_id=without.pk, user=reviewer) is None  # nothing left to cancel
+
+
+def test_cancel_while_streaming_stops_the_backend_and_keeps_the_old_draft(
+    reviewer, short_drafts, tiny_model, monkeypatch
+):
+    item = ItemFactory(domain=short_drafts, draft="Kept draft.")
+    generation = services.generation_request(item_id=item.pk, user=reviewer)
+
+    def cancel_after_first_piece(index):
+        if index == 0:
+            services.generation_cancel(item_id=item.pk, user=reviewer)
+
+    use_backend(monkeypatch, FakeBackend(pieces=["One", " two", " three", " four"], on_piece=cancel_after_first_piece))
+    monkeypatch.setattr(generation_module.CancelPoll, "__init__", _poll_every_call)
+
+    services.generation_run(generation.pk)
+
+    generation.refresh_from_db()
+    item.refresh_from_db()
+    assert (generation.status, generation.text) == (Generation.Status.CANCELLED, "One")
+    assert (item.status, item.draft) == (Item.Status.READY, "Kept draft.")
+
+
+def _poll_every_call(self, generation_id, every=0.05):
+    self.generation_id, self.every, self.checked_at, self.cancelled = generation_id, 0.0, 0.0, False
+
+
+def test_a_decision_taken_while_the_draft_was_written_stands(reviewer, short_drafts, tiny_model, monkeypatch):
+    item = ItemFactory(domain=short_drafts, draft="Approved as it was.")
+    generation = services.generation_request(item_id=item.pk, user=reviewer)
+
+    def approve_meanwhile(index):
+        if index == 0:
+            Item.objects.filter(pk=item.pk).update(status=Item.Status.APPROVED)
+
+    use_backend(monkeypatch, FakeBackend(on_piece=approve_meanwhile))
+    services.generation_run(generation.pk)
+
+    item.refresh_from_db()
+    assert (item.status, item.draft) == (Item.Status.APPROVED, "Approved as it was.")
+    assert Generation.objects.get(pk=generation.pk).status == Generation.Status.DONE
+
+
+def test_a_generation_whose_worker_died_starts_again_and_gives_up_after_three(reviewer, short_drafts, tiny_model):
+    item = ItemFactory(domain=short_drafts, draft="")
+    retried = generation_queue(item=item, requested_by=reviewer)
+    Generation.objects.filter(pk=retried.pk).update(status="streaming", text="half a dra", seq=3, attempts=1)
+
+    services.generation_run(retried.pk)
+
+    retried.refresh_from_db()
+    assert retried.status == Generation.Status.DONE and retried.attempts == 2
+    assert not retried.text.startswith("half a dra")
+
+    lost = generation_queue(item=ItemFactory(domain=short_drafts, draft=""), requested_by=reviewer)
+    Generation.objects.filter(pk=lost.pk).update(status="streaming", attempts=3, started_at=timezone.now())
+    services.generation_run(lost.pk)
+    lost.refresh_from_db()
+    assert lost.status == Generation.Status.FAILED and "lost 3 times" in lost.error
+
+
+def test_chunks_go_out_first_at_once_then_every_few_pieces(reviewer, short_drafts, settings):
+    settings.SORA_STREAM_FLUSH_MS = 60_000  # only the piece count decides here
+    settings.SORA_STREAM_FLUSH_PIECES = 3
+    generation = generation_queue(item=ItemFactory(domain=short_drafts), requested_by=reviewer)
+    stream = ChunkStream(generation)
+
+    for piece in ["a", "b", "c", "d", "e", "f"]:
+        stream.add(piece)
+    stored_before_final_flush = Generation.objects.get(pk=generation.pk)
+    stream.flush()
+
+    assert (stored_before_final_flush.text, stored_before_final_flush.seq) == ("abcd", 2)  # "a", then "bcd"
+    stored = Generation.objects.get(pk=generation.pk)
+    assert (stored.text, stored.seq, stream.text) == ("abcdef", 3, "abcdef")
