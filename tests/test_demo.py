@@ -21,6 +21,25 @@ from annotations.models import Domain, Item
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def watch_generation(port: int, item_id: int, session_key: str, token: str) -> list[dict]:
+    """Open the item's live channel as a browser would, ask for a draft, return every message until it is done."""
+    from websockets.sync.client import connect
+
+    messages = []
+    with connect(
+        f"ws://127.0.0.1:{port}/ws/items/{item_id}/",
+        origin=f"http://127.0.0.1:{port}",
+        additional_headers={"Cookie": f"sessionid={session_key}"},
+        open_timeout=10,
+    ) as socket_:
+        messages.append(json.loads(socket_.recv(timeout=10)))
+        status, _ = http_json(f"http://127.0.0.1:{port}/api/v1/items/{item_id}/generate/", {}, token=token)
+        assert status == 202
+        while messages[-1]["type"] not in ("done", "error"):
+            messages.append(json.loads(socket_.recv(timeout=120)))
+    return messages
+
+
 def test_demo_cases_cover_every_domain_with_gold_outputs(db):
     for domain in Domain.objects.values_list("slug", flat=True):
         cases = demo_cases(domain)
@@ -60,13 +79,46 @@ def http_json(url: str, body: dict | None = None, token: str | None = None) -> t
         return error.code, json.loads(error.read() or b"{}")
 
 
+SESSION_FOR = """
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+user = get_user_model().objects.get(username="{username}")
+session = SessionStore()
+session[SESSION_KEY], session[HASH_SESSION_KEY] = str(user.pk), user.get_session_auth_hash()
+session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+session.create()
+print(session.session_key)
+"""
+SHORT_DRAFTS = (
+    "from annotations.models import Domain; "
+    "Domain.objects.filter(slug='customer_service').update(sampling={'max_new_tokens': 40})"
+)
+
+
 @pytest.mark.slow
-def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_path):
+def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_path, tiny_model_dir):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(DJANGO_SETTINGS_MODULE="sora_web.settings.local", SORA_DATA_DIR=str(tmp_path), DJANGO_DEBUG="0")
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
     subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, capture_output=True)
+    # the tiny model stands in for SmolLM2 (tests/models_app/test_prepare_model.py converts the real one)
+    subprocess.run(
+        [*manage, "prepare_model", "--path", str(tiny_model_dir), "--name", "tiny-llama", "--activate-everywhere"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run([*manage, "shell", "-c", SHORT_DRAFTS], cwd=ROOT, env=env, check=True, capture_output=True)
+    session_key = subprocess.run(
+        [*manage, "shell", "--no-imports", "-c", SESSION_FOR.format(username="reviewer")],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     port = free_port()
     server = subprocess.Popen(
         [*manage, "sora_serve", "--port", str(port)],
@@ -118,6 +170,22 @@ def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_pa
         )
         assert status == 201, review
         assert review["item"]["status"] in ("approved", "ready")
+
+        # a draft streams from the inference worker, through Redis and Daphne, into a browser's WebSocket
+        _, ready = http_json(f"{base}/api/v1/items/?domain=customer_service&status=ready", token=token["token"])
+        item_id = ready["results"][0]["id"]
+        messages = watch_generation(port, item_id, session_key, token["token"])
+        snapshot, chunks, done = messages[0], [m for m in messages if m["type"] == "tokens"], messages[-1]
+        assert snapshot["type"] == "snapshot" and snapshot["viewers"] == [{"username": "reviewer"}]
+        assert done["type"] == "done", messages
+        assert [chunk["seq"] for chunk in chunks] == list(range(1, len(chunks) + 1))
+        assert len(chunks) >= 2
+        assert "".join(chunk["text"] for chunk in chunks) == done["text"]
+        assert done["model_version"] == "tiny-llama"
+        _, detail = http_json(f"{base}/api/v1/items/{item_id}/", token=token["token"])
+        assert (detail["status"], detail["draft"]) == ("ready", done["text"])
+        statuses = [m["status"] for m in messages if m["type"] == "item"]
+        assert statuses[:2] == ["queued", "generating"] and statuses[-1] == "ready"
 
         # a supervisor's SIGTERM to sora_serve alone stops its children too
         server.send_signal(signal.SIGTERM)
