@@ -121,6 +121,7 @@ CELERY_TASK_ROUTES = {
     # Generation holds a model in memory and a core busy: its own queue, its own workers (a GPU one in production).
     "annotations.generate_draft": {"queue": "inference"},
     "annotations.*": {"queue": "default"},
+    "collab.*": {"queue": "default"},
 }
 # A worker takes one task at a time, so a long generation never sits on tasks queued behind it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -222,4 +223,5 @@ LOGGING = {
 
 CELERY_BEAT_SCHEDULE = {
     "leases-expire": {"task": "annotations.leases_expire", "schedule": 60.0},
+    "viewers-prune": {"task": "collab.viewers_prune", "schedule": 3600.0},
 }

@@ -265,3 +265,18 @@ def test_chunks_go_out_first_at_once_then_every_few_pieces(reviewer, short_draft
     assert (stored_before_final_flush.text, stored_before_final_flush.seq) == ("abcd", 2)  # "a", then "bcd"
     stored = Generation.objects.get(pk=generation.pk)
     assert (stored.text, stored.seq, stream.text) == ("abcdef", 3, "abcdef")
+
+
+def test_viewers_left_behind_by_a_dead_server_are_pruned(reviewer, short_drafts):
+    from datetime import timedelta
+
+    from collab.models import Viewer
+    from collab.tasks import viewers_prune_task
+
+    item = ItemFactory(domain=short_drafts)
+    stale = Viewer.objects.create(item=item, user=reviewer, channel_name="gone")
+    Viewer.objects.filter(pk=stale.pk).update(connected_at=timezone.now() - timedelta(hours=13))
+    Viewer.objects.create(item=item, user=reviewer, channel_name="here")
+
+    assert viewers_prune_task() == 1
+    assert list(Viewer.objects.values_list("channel_name", flat=True)) == ["here"]
