@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 class ItemConsumer(AsyncJsonWebsocketConsumer):
     item_id: int
     group: str
-    # The generation being followed and the last chunk sent; chunks up to it are in the snapshot already.
-    generation_id: int | None = None
+    # The stream being followed — (generation id, attempt) — and the last chunk sent; chunks up to it are
+    # in the snapshot already. A worker lost mid-draft restarts it as a new attempt, from seq 1.
+    stream: tuple[int | None, int] = (None, 0)
     seq: int = 0
 
     async def connect(self) -> None:
@@ -45,7 +46,7 @@ class ItemConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.close()
             return
-        self.generation_id, self.seq = snapshot["generation_id"], snapshot["seq"]
+        self.stream, self.seq = (snapshot["generation_id"], snapshot["attempt"]), snapshot["seq"]
         await self.accept()
         await self.send_json(snapshot)
         await self.channel_layer.group_send(self.group, {"type": "presence", "viewers": snapshot["viewers"]})
@@ -88,17 +89,18 @@ class ItemConsumer(AsyncJsonWebsocketConsumer):
     # --- group → client ------------------------------------------------------
 
     async def tokens(self, event: dict) -> None:
-        if event["generation_id"] != self.generation_id:
+        stream = (event["generation_id"], event["attempt"])
+        if stream != self.stream:
             if event["seq"] != 1:
-                return  # a chunk of a generation this viewer does not follow
-            self.generation_id, self.seq = event["generation_id"], 0  # a new generation starts
+                return  # a chunk of a stream this viewer does not follow
+            self.stream, self.seq = stream, 0  # a new generation, or a new attempt, starts: the client starts over
         if event["seq"] <= self.seq:
             return  # already in the snapshot
         self.seq = event["seq"]
         await self.send_json({"type": "tokens", "seq": event["seq"], "text": event["text"]})
 
     async def done(self, event: dict) -> None:
-        self.generation_id, self.seq = event["generation_id"], event["seq"]
+        self.seq = event["seq"]
         await self.send_json(
             {key: event[key] for key in ("seq", "text", "generation_id", "model_version")} | {"type": "done"}
         )

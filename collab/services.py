@@ -22,16 +22,17 @@ def item_snapshot(*, item: Item) -> dict:
     """The item as a viewer who connects now must see it: the draft, or the text streamed so far and its seq."""
     latest = item.generations.order_by("-id").first()
     if latest is not None and latest.status in _LIVE:
-        text, seq, generation_id = latest.text, latest.seq, latest.pk
+        text, seq = latest.text, latest.seq
     else:
-        text, seq, generation_id = item.draft, (latest.seq if latest else 0), (latest.pk if latest else None)
+        text, seq = item.draft, (latest.seq if latest else 0)
     return {
         "type": "snapshot",
         "status": item.status,
         "version": item.version,
         "text": text,
         "seq": seq,
-        "generation_id": generation_id,
+        "generation_id": latest.pk if latest else None,
+        "attempt": latest.attempts if latest else 0,
         "viewers": viewers_of(item.pk),
     }
 

@@ -31,7 +31,8 @@ def _check_channel_layer() -> None:
     layer = settings.CHANNEL_LAYERS["default"]
     if layer["BACKEND"] == "channels_redis.core.RedisChannelLayer":
         for host in layer["CONFIG"]["hosts"]:
-            redis.Redis.from_url(host, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S).ping()
+            url = host["address"] if isinstance(host, dict) else host
+            redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S).ping()
 
 
 CHECKS = {"database": _check_database, "broker": _check_broker, "channel_layer": _check_channel_layer}

@@ -120,11 +120,12 @@ def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_pa
         text=True,
     ).stdout.strip()
     port = free_port()
+    server_log = tmp_path / "sora_serve.log"
     server = subprocess.Popen(
         [*manage, "sora_serve", "--port", str(port)],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=server_log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -192,6 +193,9 @@ def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_pa
         server.wait(timeout=30)
         with pytest.raises(redis.ConnectionError):
             redis.Redis(unix_socket_path=str(tmp_path / "redis.sock"), socket_timeout=1).ping()
+    except BaseException:
+        print(server_log.read_text()[-20_000:])  # what the web server and workers said, for the failure report
+        raise
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)

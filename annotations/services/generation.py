@@ -81,9 +81,9 @@ def generation_request(*, item_id: int, user: AbstractBaseUser) -> Generation:
         item.status = Item.Status.QUEUED
         item.version += 1
         item.save(update_fields=["status", "version", "updated_at"])
+    item_status_changed(item)  # first: viewers hear "queued" before the worker's first chunk
     generation = generation_queue(item=item, requested_by=user)
     audit_record(actor=user, verb="item.generation_requested", target=item, before=before, after=item_state(item))
-    item_status_changed(item)
     return generation
 
 
@@ -114,6 +114,7 @@ class ChunkStream:
 
     def __init__(self, generation: Generation) -> None:
         self.generation_id = generation.pk
+        self.attempt = generation.attempts  # a restarted generation streams from seq 1 again, as a new attempt
         self.group = item_group(generation.item_id)
         self.flush_seconds = settings.SORA_STREAM_FLUSH_MS / 1000
         self.flush_pieces = settings.SORA_STREAM_FLUSH_PIECES
@@ -141,7 +142,11 @@ class ChunkStream:
         self.seq += 1
         Generation.objects.filter(pk=self.generation_id).update(text=Concat(F("text"), Value(chunk)), seq=self.seq)
         self.sent.append(chunk)
-        send_event(self.group, "tokens", {"seq": self.seq, "text": chunk, "generation_id": self.generation_id})
+        send_event(
+            self.group,
+            "tokens",
+            {"seq": self.seq, "text": chunk, "generation_id": self.generation_id, "attempt": self.attempt},
+        )
         self.last_flush = time.monotonic()
 
 
@@ -174,7 +179,10 @@ def generation_run(generation_id: int) -> None:
     try:
         output = get_backend().generate(
             ModelRef(
-                key=f"{version.pk}:{version.name}", base_model=version.base_model, adapter_path=version.adapter_path
+                key=f"{version.pk}:{version.name}",
+                base_model=version.base_model,
+                adapter_path=version.adapter_path,
+                name=version.name,
             ),
             build_messages(
                 system_prompt=item.domain.system_prompt,

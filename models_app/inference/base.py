@@ -42,6 +42,7 @@ class ModelRef:
     key: str  # cache key, e.g. the ModelVersion's primary key and name
     base_model: str
     adapter_path: str = ""
+    name: str = ""  # the version's name: how an OpenAI-compatible server (vLLM --lora-modules) knows an adapter
 
 
 class Backend(Protocol):

@@ -46,7 +46,7 @@ class OpenAIBackend:
         should_stop: Callable[[], bool],
     ) -> GenerationOutput:
         body = {
-            "model": model.key if model.adapter_path else (self.model or model.base_model),
+            "model": (model.name or model.key) if model.adapter_path else (self.model or model.base_model),
             "messages": messages,
             "stream": True,
             "max_tokens": sampling.max_new_tokens,
@@ -69,6 +69,10 @@ class OpenAIBackend:
                         f"The inference server answered {response.status_code}: {response.text[:300]}"
                     )
                 for event in sse_data(response.iter_lines()):
+                    if event.get("error"):  # vLLM / SGLang report a failure mid-stream this way, then [DONE]
+                        error = event["error"]
+                        detail = error.get("message") if isinstance(error, dict) else error
+                        raise GenerationFailed(f"The inference server failed mid-stream: {str(detail)[:300]}")
                     for choice in event.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content") or ""
                         if text:

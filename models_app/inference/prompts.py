@@ -1,16 +1,22 @@
 """An item and its domain → chat messages and decoding settings."""
 
 import json
+import re
 
 from .base import Sampling
 
+_PLACEHOLDER = re.compile(r"\{(input|metadata)\}")
 _SAMPLING_FIELDS = {"max_new_tokens": int, "temperature": float, "top_p": float, "repetition_penalty": float}
 
 
 def render_prompt(template: str, *, input: str, metadata: dict) -> str:
     """Fill {input} and {metadata}. Plain replacement, not str.format: an item's text may hold braces."""
-    metadata_text = json.dumps(metadata, ensure_ascii=False, sort_keys=True) if metadata else "(none)"
-    return template.replace("{metadata}", metadata_text).replace("{input}", input)
+    values = {
+        "input": input,
+        "metadata": json.dumps(metadata, ensure_ascii=False, sort_keys=True) if metadata else "(none)",
+    }
+    # One pass: text put in for one placeholder is never searched for the other.
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
 def build_messages(*, system_prompt: str, prompt_template: str, input: str, metadata: dict) -> list[dict]:

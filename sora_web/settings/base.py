@@ -106,7 +106,13 @@ _redis_url = REDIS_URL or f"unix://{EMBEDDED_REDIS_SOCKET}"
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [_redis_url], "capacity": 1500, "expiry": 60},
+        "CONFIG": {
+            # redis-py 8 times reads out after 5 s, exactly as long as channels_redis blocks in BZPOPMIN waiting
+            # for a message: on a busy machine the read lost that race and the consumer crashed (WebSocket 1011).
+            "hosts": [{"address": _redis_url, "socket_timeout": 30}],
+            "capacity": 1500,
+            "expiry": 60,
+        },
     }
 }
 
