@@ -26,6 +26,12 @@ from collab.models import Viewer
 from models_app.inference import GenerationOutput
 from tests.factories import DomainFactory, ItemFactory, reviewer_factory
 
+
+@pytest.fixture(autouse=True)
+def in_memory_channel_layer(settings):
+    """These tests look inside the layer; the Redis layer is exercised end to end in tests/test_demo.py."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ALLOWED_ORIGIN = b"http://localhost"  # "localhost" is in ALLOWED_HOSTS of the test settings
