@@ -32,6 +32,7 @@ def in_memory_channel_layer(settings):
     """These tests look inside the layer; the Redis layer is exercised end to end in tests/test_demo.py."""
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ALLOWED_ORIGIN = b"http://localhost"  # "localhost" is in ALLOWED_HOSTS of the test settings
