@@ -75,7 +75,7 @@ def base_version_register(
     """Register a local model folder as a version and make it active for every domain that has none
     (or for all, with activate_everywhere). Returns the version and the domains it became active for."""
     version, _ = ModelVersion.objects.get_or_create(
-        name=name, defaults={"base_model": str(path), "status": ModelVersion.Status.ACTIVE, "created_by": user}
+        name=name, defaults={"base_model": str(path), "status": ModelVersion.Status.CANDIDATE, "created_by": user}
     )
     if version.base_model != str(path):
         version.base_model = str(path)
@@ -93,11 +93,15 @@ def base_version_register(
 def activate(*, version: ModelVersion, domain: Domain, user: AbstractBaseUser | None) -> None:
     """Point the domain at `version`. New generations use it at once, in every worker: they read the pointer."""
     pointer = ActiveModel.objects.select_for_update().filter(domain=domain).first()
-    before = {"version": pointer.version_id if pointer else None}
+    previous = pointer.version if pointer else None
     ActiveModel.objects.update_or_create(domain=domain, defaults={"version": version, "changed_by": user})
     if version.status != ModelVersion.Status.ACTIVE:
         version.status, version.promoted_by, version.promoted_at = ModelVersion.Status.ACTIVE, user, timezone.now()
         version.save(update_fields=["status", "promoted_by", "promoted_at"])
+    if previous is not None and previous != version and not previous.active_for.exists():
+        previous.status = ModelVersion.Status.RETIRED  # serves no domain any more
+        previous.save(update_fields=["status"])
+    before = {"version": previous.pk if previous else None}
     audit_record(actor=user, verb="model.activated", target=domain, before=before, after={"version": version.pk})
 
 
