@@ -15,3 +15,11 @@ def generate_draft(generation_id: int) -> None:
     from .services.generation import generation_run
 
     generation_run(generation_id)
+
+
+@shared_task(name="annotations.generations_sweep")
+def generations_sweep_task() -> dict:
+    """Queue again what the broker never took; fail drafts whose worker died."""
+    from .services.generation import generations_sweep
+
+    return generations_sweep()

@@ -72,7 +72,7 @@ class ItemConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content, **kwargs) -> None:
         action = content.get("action") if isinstance(content, dict) else None
         handlers = {"generate": generation_request, "cancel": generation_cancel}
-        if action not in handlers:
+        if not isinstance(action, str) or action not in handlers:
             await self.send_json(
                 {
                     "type": "error",
@@ -81,8 +81,10 @@ class ItemConsumer(AsyncJsonWebsocketConsumer):
                 }
             )
             return
+        user = self.scope["user"]
+        user._sora_roles = None  # roles are cached per user object, and this one lives as long as the socket
         try:
-            await database_sync_to_async(handlers[action])(item_id=self.item_id, user=self.scope["user"])
+            await database_sync_to_async(handlers[action])(item_id=self.item_id, user=user)
         except SoraError as exc:
             await self.send_json({"type": "error", "message": exc.message, "code": exc.code})
 

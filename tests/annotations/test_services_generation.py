@@ -254,7 +254,7 @@ def test_a_generation_whose_worker_died_starts_again_and_gives_up_after_three(re
 def test_chunks_go_out_first_at_once_then_every_few_pieces(reviewer, short_drafts, settings):
     settings.SORA_STREAM_FLUSH_MS = 60_000  # only the piece count decides here
     settings.SORA_STREAM_FLUSH_PIECES = 3
-    generation = generation_queue(item=ItemFactory(domain=short_drafts), requested_by=reviewer)
+    generation = Generation.objects.create(item=ItemFactory(domain=short_drafts), status=Generation.Status.STREAMING)
     stream = ChunkStream(generation)
 
     for piece in ["a", "b", "c", "d", "e", "f"]:
@@ -280,3 +280,126 @@ def test_viewers_left_behind_by_a_dead_server_are_pruned(reviewer, short_drafts)
 
     assert viewers_prune_task() == 1
     assert list(Viewer.objects.values_list("channel_name", flat=True)) == ["here"]
+
+
+# --- what the review of the first version found ---------------------------------
+
+
+def test_a_broker_down_at_submission_loses_nothing(
+    api, integration, short_drafts, tiny_model, monkeypatch, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from kombu.exceptions import OperationalError
+
+    from annotations.tasks import generate_draft
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to redis: Connection refused.")
+
+    monkeypatch.setattr(generate_draft, "delay", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.as_user(integration).post(
+            "/api/v1/items/", {"domain": short_drafts.slug, "input": "Where is it?"}, format="json"
+        )
+    assert response.status_code == 201, response.content
+    generation = Generation.objects.get(item_id=response.json()["id"])
+    assert (generation.status, generation.dispatched_at) == (Generation.Status.QUEUED, None)
+
+    monkeypatch.undo()  # the broker is back
+    Generation.objects.filter(pk=generation.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    assert services.generation.generations_sweep() == {"resent": 1, "failed": 0}
+
+    generation.refresh_from_db()
+    assert generation.status == Generation.Status.DONE and generation.dispatched_at is not None
+    assert Item.objects.get(pk=generation.item_id).status == Item.Status.READY
+
+
+def test_a_draft_whose_worker_died_is_failed_by_the_sweep_and_can_be_cancelled_at_once(
+    reviewer, short_drafts, tiny_model, settings
+):
+    from datetime import timedelta
+
+    long_ago = timezone.now() - timedelta(seconds=settings.SORA_GENERATION_STALE_SECONDS + 1)
+    swept = generation_queue(item=ItemFactory(domain=short_drafts, draft=""), requested_by=reviewer)
+    cancelled_item = ItemFactory(domain=short_drafts, draft="Kept.")
+    cancelled = generation_queue(item=cancelled_item, requested_by=reviewer)
+    fresh = generation_queue(item=ItemFactory(domain=short_drafts), requested_by=reviewer)
+    Generation.objects.filter(pk__in=[swept.pk, cancelled.pk]).update(status="streaming", heartbeat_at=long_ago)
+    Generation.objects.filter(pk=fresh.pk).update(status="streaming", heartbeat_at=timezone.now())
+
+    services.generation_cancel(item_id=cancelled_item.pk, user=reviewer)
+    assert services.generation.generations_sweep()["failed"] == 1
+
+    swept.refresh_from_db()
+    assert (swept.status, swept.error) == (Generation.Status.FAILED, "The worker writing it stopped responding.")
+    assert Generation.objects.get(pk=cancelled.pk).status == Generation.Status.CANCELLED
+    assert Generation.objects.get(pk=fresh.pk).status == Generation.Status.STREAMING
+    services.generation_request(item_id=cancelled_item.pk, user=reviewer)  # no longer refused with 409
+
+
+def test_a_worker_whose_generation_was_ended_stops_writing(reviewer, short_drafts, tiny_model, monkeypatch):
+    item = ItemFactory(domain=short_drafts, draft="Kept.")
+    generation = services.generation_request(item_id=item.pk, user=reviewer)
+
+    def swept_meanwhile(index):
+        if index == 0:
+            Generation.objects.filter(pk=generation.pk).update(status="failed", error="swept")
+
+    use_backend(monkeypatch, FakeBackend(pieces=["a"] * 20, on_piece=swept_meanwhile))
+    services.generation_run(generation.pk)
+
+    generation.refresh_from_db()
+    assert (generation.status, generation.error, generation.text) == ("failed", "swept", "a")
+
+
+def test_every_failure_ends_the_stream_with_an_error_even_for_an_item_in_review(
+    reviewer, short_drafts, tiny_model, monkeypatch
+):
+    sent = []
+    monkeypatch.setattr(generation_module, "send_event_on_commit", lambda group, type, payload: sent.append(type))
+    ItemFactory(domain=short_drafts)
+    claimed = services.item_claim_next(reviewer=reviewer)
+    generation = services.generation_request(item_id=claimed.pk, user=reviewer)
+    ActiveModel.objects.filter(domain=short_drafts).delete()
+
+    services.generation_run(generation.pk)
+
+    assert sent == ["error"]
+    assert Item.objects.get(pk=claimed.pk).status == Item.Status.IN_REVIEW
+
+
+def test_a_decision_stops_the_draft_being_written_and_links_the_right_generation(reviewer, short_drafts, tiny_model):
+    ItemFactory(domain=short_drafts, draft="The reviewed draft.")
+    claimed = services.item_claim_next(reviewer=reviewer)
+    submitted = claimed.generations.get()
+    generation = services.generation_request(item_id=claimed.pk, user=reviewer)  # queued, not run yet
+
+    review = services.review_submit(
+        item_id=claimed.pk, reviewer=reviewer, decision="approve", version=Item.objects.get(pk=claimed.pk).version
+    )
+    services.generation_run(generation.pk)
+
+    assert Generation.objects.get(pk=generation.pk).status == Generation.Status.CANCELLED
+    assert review.correction.generation == submitted  # the generation that wrote the approved draft
+    assert Item.objects.get(pk=claimed.pk).draft == "The reviewed draft."
+
+
+def test_no_new_draft_after_a_first_approval(reviewer, second_reviewer, medical_note, tiny_model):
+    medical_note.reviewers.add(reviewer, second_reviewer)
+    ItemFactory(domain=medical_note)
+    claimed = services.item_claim_next(reviewer=reviewer, domain=medical_note.slug)
+    services.review_submit(item_id=claimed.pk, reviewer=reviewer, decision="approve", version=claimed.version)
+
+    with pytest.raises(InvalidTransition, match="already has an approval"):
+        services.generation_request(item_id=claimed.pk, user=second_reviewer)
+
+
+def test_only_the_lease_holder_may_cancel_a_draft_of_an_item_in_review(reviewer, second_reviewer, short_drafts):
+    ItemFactory(domain=short_drafts)
+    claimed = services.item_claim_next(reviewer=reviewer)
+    services.generation_request(item_id=claimed.pk, user=reviewer)
+
+    with pytest.raises(InvalidTransition, match="Another reviewer holds"):
+        services.generation_cancel(item_id=claimed.pk, user=second_reviewer)
+    assert services.generation_cancel(item_id=claimed.pk, user=reviewer).status == Generation.Status.CANCELLED

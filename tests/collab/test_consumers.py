@@ -435,6 +435,8 @@ def test_unknown_action_gets_an_invalid_error_and_the_socket_stays_open(reviewer
             }
             await comm.send_json_to(["not", "an", "object"])
             assert (await receive(comm))["code"] == "invalid"
+            await comm.send_json_to({"action": ["generate"]})  # not a string: must not crash the consumer
+            assert (await receive(comm))["code"] == "invalid"
 
             # Still open and still in the item's group: the next event reaches it.
             await database_sync_to_async(item_claim_next)(reviewer=second_reviewer)

@@ -96,6 +96,14 @@ def test_a_second_folder_registers_without_replacing_the_active_versions(tiny_mo
     assert message.endswith("; active for no domain (each already has an active version).")
 
 
+def test_a_name_already_used_for_other_weights_is_refused(tiny_model, second_folder):
+    with pytest.raises(CommandError, match="already uses"):
+        prepare(path=str(second_folder), name="tiny-llama")
+
+    tiny_model.refresh_from_db()
+    assert tiny_model.base_model != str(second_folder.resolve())  # what wrote past drafts is unchanged
+
+
 def test_activate_everywhere_replaces_the_active_versions(tiny_model, second_folder):
     message = prepare(path=str(second_folder), name="second", activate_everywhere=True)
 

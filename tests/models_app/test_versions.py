@@ -89,4 +89,4 @@ def test_a_manager_repoints_a_domain_in_the_admin(client, admin_user, tiny_model
     assert response.status_code == 302
     assert ActiveModel.objects.get(domain=customer_service).version == second
     assert AuditEvent.objects.filter(verb="model.activated", actor=admin_user).exists()
-    assert client.get("/admin/models_app/activemodel/add/").status_code == 403
+    assert client.get("/admin/models_app/modelversion/add/").status_code == 403

@@ -45,9 +45,12 @@ class Command(BaseCommand):
                 except FileNotFoundError as exc:
                     raise CommandError(str(exc)) from exc
                 bar.update(bar.total - bar.n)  # already converted: nothing was done
-        version, activated = services.base_version_register(
-            path=folder.resolve(), name=name or folder.name, activate_everywhere=activate_everywhere
-        )
+        try:
+            version, activated = services.base_version_register(
+                path=folder.resolve(), name=name or folder.name, activate_everywhere=activate_everywhere
+            )
+        except services.VersionConflict as exc:
+            raise CommandError(str(exc)) from exc
         where = ", ".join(activated) if activated else "no domain (each already has an active version)"
         self.stdout.write(
             self.style.SUCCESS(f"Model version {version.name} at {version.base_model}; active for {where}.")
