@@ -149,6 +149,8 @@ class ChunkStream:
         self.sent: list[str] = []
         self.seq = 0
         self.last_flush = time.monotonic()
+        self.checked_at = 0.0  # when the database last told us whether a cancel was asked for
+        self.cancel_seen = False
 
     @property
     def text(self) -> str:
@@ -167,11 +169,14 @@ class ChunkStream:
         chunk = "".join(self.pending)
         self.pending.clear()
         self.seq += 1
-        stored = Generation.objects.filter(pk=self.generation_id, status=Generation.Status.STREAMING).update(
-            text=Concat(F("text"), Value(chunk)), seq=self.seq, heartbeat_at=timezone.now()
-        )
-        if not stored:
-            raise GenerationTakenAway(self.generation_id)
+        streaming = Generation.objects.filter(pk=self.generation_id, status=Generation.Status.STREAMING)
+        append = {"text": Concat(F("text"), Value(chunk)), "seq": self.seq, "heartbeat_at": timezone.now()}
+        # The store doubles as the cancel check: it matches only while nobody asked to cancel.
+        if not streaming.filter(cancel_requested_at__isnull=True).update(**append):
+            if not streaming.update(**append):
+                raise GenerationTakenAway(self.generation_id)
+            self.cancel_seen = True
+        self.checked_at = time.monotonic()
         self.sent.append(chunk)
         send_event(
             self.group,
@@ -182,22 +187,21 @@ class ChunkStream:
 
 
 class CancelPoll:
-    """Asked after every decoding step; reads the cancel flag from the database at most every `every` seconds."""
+    """Asked after every decoding step: has anyone asked to cancel? The database is read at most every
+    `every` seconds, and not at all while chunks are being stored (each store checks the flag too)."""
 
-    def __init__(self, generation_id: int, every: float = 0.05) -> None:
-        self.generation_id = generation_id
+    def __init__(self, stream: ChunkStream, every: float = 0.05) -> None:
+        self.stream = stream
         self.every = every
-        self.checked_at = 0.0
-        self.cancelled = False
 
     def __call__(self) -> bool:
-        now = time.monotonic()
-        if not self.cancelled and now - self.checked_at >= self.every:
-            self.checked_at = now
-            self.cancelled = Generation.objects.filter(
-                pk=self.generation_id, cancel_requested_at__isnull=False
+        stream = self.stream
+        if not stream.cancel_seen and time.monotonic() - stream.checked_at >= self.every:
+            stream.checked_at = time.monotonic()
+            stream.cancel_seen = Generation.objects.filter(
+                pk=stream.generation_id, cancel_requested_at__isnull=False
             ).exists()
-        return self.cancelled
+        return stream.cancel_seen
 
 
 def generation_run(generation_id: int) -> None:
@@ -223,7 +227,7 @@ def generation_run(generation_id: int) -> None:
             ),
             sampling_from(item.domain.sampling),
             on_text=stream.add,
-            should_stop=CancelPoll(generation.pk),
+            should_stop=CancelPoll(stream),
         )
         stream.flush()
         _finish(generation, stream, output)

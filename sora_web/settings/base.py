@@ -110,7 +110,9 @@ CHANNEL_LAYERS = {
             # redis-py 8 times reads out after 5 s, exactly as long as channels_redis blocks in BZPOPMIN waiting
             # for a message: on a busy machine the read lost that race and the consumer crashed (WebSocket 1011).
             "hosts": [{"address": _redis_url, "socket_timeout": 30}],
-            "capacity": 1500,
+            # Every viewer a Daphne process serves shares one queue of this capacity, and a message past it is
+            # dropped. 50 live drafts × 10 chunks/s outran 1,500 on a busy 2-core machine (docs/benchmarks.md).
+            "capacity": 20_000,
             "expiry": 60,
         },
     }
@@ -217,7 +219,7 @@ SORA_OPENAI_BASE_URL = env("SORA_OPENAI_BASE_URL", default="")
 SORA_OPENAI_API_KEY = env("SORA_OPENAI_API_KEY", default="")
 SORA_OPENAI_MODEL = env("SORA_OPENAI_MODEL", default="")
 # Streaming: a chunk goes out every this many milliseconds or decoded pieces, whichever comes first.
-SORA_STREAM_FLUSH_MS = env.int("SORA_STREAM_FLUSH_MS", default=50)
+SORA_STREAM_FLUSH_MS = env.int("SORA_STREAM_FLUSH_MS", default=100)
 SORA_STREAM_FLUSH_PIECES = env.int("SORA_STREAM_FLUSH_PIECES", default=8)
 # A streaming generation whose worker stored nothing for this long is failed by the sweep (its worker died).
 SORA_GENERATION_STALE_SECONDS = env.int("SORA_GENERATION_STALE_SECONDS", default=300)

@@ -213,8 +213,32 @@ def test_cancel_while_streaming_stops_the_backend_and_keeps_the_old_draft(
     assert (item.status, item.draft) == (Item.Status.READY, "Kept draft.")
 
 
-def _poll_every_call(self, generation_id, every=0.05):
-    self.generation_id, self.every, self.checked_at, self.cancelled = generation_id, 0.0, 0.0, False
+def _poll_every_call(self, stream, every=0.05):
+    self.stream, self.every = stream, 0.0
+
+
+def test_storing_a_chunk_notices_a_cancel_without_a_separate_read(
+    reviewer, short_drafts, tiny_model, monkeypatch, settings
+):
+    settings.SORA_STREAM_FLUSH_PIECES = 1  # every piece is a chunk
+    item = ItemFactory(domain=short_drafts, draft="Kept draft.")
+    generation = services.generation_request(item_id=item.pk, user=reviewer)
+
+    def cancel_after_first_piece(index):
+        if index == 0:
+            services.generation_cancel(item_id=item.pk, user=reviewer)
+
+    use_backend(monkeypatch, FakeBackend(pieces=["One", " two", " three"], on_piece=cancel_after_first_piece))
+    monkeypatch.setattr(generation_module.CancelPoll, "__init__", _never_poll)
+
+    services.generation_run(generation.pk)
+
+    generation.refresh_from_db()
+    assert (generation.status, generation.text) == (Generation.Status.CANCELLED, "One two")
+
+
+def _never_poll(self, stream, every=0.05):
+    self.stream, self.every = stream, 3600.0
 
 
 def test_a_decision_taken_while_the_draft_was_written_stands(reviewer, short_drafts, tiny_model, monkeypatch):
