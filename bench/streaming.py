@@ -46,6 +46,9 @@ socket_timeout (printed as a WORKAROUND and as a PRODUCT BUG), unless
    generation first. Baseline and whole-path runs alternate (raw, backend,
    WebSocket, raw, …) so drift on a shared machine hits both alike; ratios are
    of medians over the R runs.
+   Then, R times, a generation asked for over the socket is cancelled over the
+   socket after 5 chunks: the time from sending `cancel` to the stream's end
+   (`error`, code cancelled) against one decoding step + 100 ms.
 3  Fan-out, with a SYNTHETIC token source (real SmolLM2 on 2 cores cannot write
    50 × 500 tokens in reasonable time): a child process with the stack's
    settings creates S items (50), opens one WebSocket per item through Daphne
@@ -1088,6 +1091,40 @@ async def ws_generate(base_port: int, prep: dict, token: str, item_id: int, time
     }
 
 
+async def ws_cancel(base_port: int, prep: dict, item_id: int, after_chunks: int, timeout: float) -> dict:
+    """Ask for a draft over the socket, send `cancel` after `after_chunks` chunks, time until the stream ends."""
+    from websockets.asyncio.client import connect
+
+    async with connect(
+        f"ws://127.0.0.1:{base_port}/ws/items/{item_id}/",
+        origin=f"http://127.0.0.1:{base_port}",
+        additional_headers={"Cookie": f"{prep['cookie_name']}={prep['cookie']}"},
+        proxy=None,
+        open_timeout=30,
+    ) as ws:
+        await asyncio.wait_for(ws.recv(), 30)  # snapshot
+        await ws.send(json.dumps({"action": "generate"}))
+        chunks, t_cancel, after_cancel = 0, None, 0
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.perf_counter()))
+            if msg.get("type") == "tokens":
+                chunks += 1
+                if t_cancel is not None:
+                    after_cancel += 1
+                elif chunks == after_chunks:
+                    await ws.send(json.dumps({"action": "cancel"}))
+                    t_cancel = time.perf_counter()
+            elif msg.get("type") in ("done", "error") and t_cancel is not None:
+                return {
+                    "ended_with": msg.get("code") if msg["type"] == "error" else "done",
+                    "cancel_to_end_s": time.perf_counter() - t_cancel,
+                    "chunks_before_cancel": after_chunks,
+                    "chunks_after_cancel": after_cancel,
+                }
+    raise RuntimeError(f"the cancelled stream did not end within {timeout}s")
+
+
 def _python_name() -> str:
     return ".venv/bin/python" if ".venv" in sys.executable else Path(sys.executable).name
 
@@ -1262,6 +1299,17 @@ def parent_main(args: argparse.Namespace) -> int:
             w["tokens"] = n
         baseline.quit()
         results["streaming"] = summarise_streaming(raw_runs, backend_runs, ws_runs)
+        cancels = [
+            asyncio.run(ws_cancel(port, prep, prep["warmup_item_id"], after_chunks=5, timeout=120))
+            for _ in range(repeats)
+        ]
+        results["cancel"] = {
+            "runs": cancels,
+            "cancel_to_end_ms": median([c["cancel_to_end_s"] * 1000 for c in cancels]),
+            "max_cancel_to_end_ms": max(c["cancel_to_end_s"] * 1000 for c in cancels),
+            "step_ms": 1000 / results["streaming"]["raw"]["tok_s"],
+            "all_cancelled": all(c["ended_with"] == "cancelled" for c in cancels),
+        }
 
         # --- 3: fan-out, synthetic token source ------------------------------
         if not args.no_fanout:
@@ -1409,6 +1457,18 @@ def evaluate_targets(results: dict) -> list[dict]:
                 "measured": f"{w['tok_s_first_to_done']:.2f} / {s['raw']['tok_s']:.2f} tok/s = "
                 f"{w['ratio_first_to_done']:.3f}× (request → done: {w['ratio_request_to_done']:.3f}×)",
                 "met": w["ratio_first_to_done"] >= TARGET_RATIO,
+            }
+        )
+    c = results.get("cancel")
+    if c:
+        allowed = c["step_ms"] + 100
+        out.append(
+            {
+                "target": "cancel stops within one decoding step + 100 ms (socket `cancel` → the stream's end)",
+                "measured": f"median {c['cancel_to_end_ms']:.0f} ms, max {c['max_cancel_to_end_ms']:.0f} ms over "
+                f"{len(c['runs'])} runs (one step {c['step_ms']:.0f} ms, so ≤ {allowed:.0f} ms); ended with "
+                f"`error` code cancelled: {'yes' if c['all_cancelled'] else 'NO'}",
+                "met": c["all_cancelled"] and c["max_cancel_to_end_ms"] <= allowed,
             }
         )
     for run in results.get("fanout") or []:
