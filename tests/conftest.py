@@ -1,11 +1,13 @@
 """Fixtures for the whole suite.
 
-Tests marked `postgres` / `redis` need those servers (DATABASE_URL / REDIS_URL).
-They skip on a laptop without them; with SORA_REQUIRE_SERVICES=1 (CI) a
-missing server fails them instead, so CI can never pass by skipping.
+Tests marked `postgres` / `redis` need those servers (DATABASE_URL / REDIS_URL),
+and `browser` tests Debian's `chromium`. They skip on a laptop without them;
+with SORA_REQUIRE_SERVICES=1 (CI, which installs chromium) a missing one fails
+them instead, so CI can never pass by skipping.
 """
 
 import os
+import shutil
 
 import pytest
 from django.conf import settings
@@ -27,11 +29,13 @@ def _service_available(marker: str) -> bool:
         return bool(settings.REDIS_URL)
     if marker == "sqlite":
         return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    if marker == "browser":
+        return shutil.which("chromium") is not None
     return True
 
 
 def pytest_runtest_setup(item):
-    for marker in ("postgres", "redis", "sqlite"):
+    for marker in ("postgres", "redis", "sqlite", "browser"):
         if item.get_closest_marker(marker) and not _service_available(marker):
             if marker != "sqlite" and os.environ.get("SORA_REQUIRE_SERVICES") == "1":
                 pytest.fail(f"{marker} is required (SORA_REQUIRE_SERVICES=1) but not configured")

@@ -2,12 +2,15 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -95,32 +98,34 @@ SHORT_DRAFTS = (
 )
 
 
-@pytest.mark.slow
-def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_path, tiny_model_dir):
+@dataclass
+class Stack:
+    base: str
+    port: int
+    env: dict
+    server: subprocess.Popen
+    session_key: str  # a signed-in session of the demo reviewer
+
+
+@contextmanager
+def running_stack(data_dir, tiny_model_dir):
+    """`sora_serve` on a fresh data directory: embedded Redis, both Celery workers, Daphne; the tiny model active."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(DJANGO_SETTINGS_MODULE="sora_web.settings.local", SORA_DATA_DIR=str(tmp_path), DJANGO_DEBUG="0")
+    env.update(DJANGO_SETTINGS_MODULE="sora_web.settings.local", SORA_DATA_DIR=str(data_dir), DJANGO_DEBUG="0")
     manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
-    subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, capture_output=True)
+
+    def run(*args: str) -> str:
+        return subprocess.run([*manage, *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+
+    run("migrate", "--noinput")
+    run("collectstatic", "--noinput")  # as `make demo` does: pages use the hashed static files
+    run("seed_demo")
     # the tiny model stands in for SmolLM2 (tests/models_app/test_prepare_model.py converts the real one)
-    subprocess.run(
-        [*manage, "prepare_model", "--path", str(tiny_model_dir), "--name", "tiny-llama", "--activate-everywhere"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run([*manage, "shell", "-c", SHORT_DRAFTS], cwd=ROOT, env=env, check=True, capture_output=True)
-    session_key = subprocess.run(
-        [*manage, "shell", "--no-imports", "-c", SESSION_FOR.format(username="reviewer")],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    run("prepare_model", "--path", str(tiny_model_dir), "--name", "tiny-llama", "--activate-everywhere")
+    run("shell", "-c", SHORT_DRAFTS)
+    session_key = run("shell", "--no-imports", "-c", SESSION_FOR.format(username="reviewer")).strip()
     port = free_port()
-    server_log = tmp_path / "sora_serve.log"
+    server_log = data_dir / "sora_serve.log"
     server = subprocess.Popen(
         [*manage, "sora_serve", "--port", str(port)],
         cwd=ROOT,
@@ -143,7 +148,19 @@ def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_pa
             time.sleep(0.5)
         assert status == 200, "web never became ready"
         assert body["checks"] == {"database": "ok", "broker": "ok", "channel_layer": "ok"}
+        yield Stack(base=base, port=port, env=env, server=server, session_key=session_key)
+    except BaseException:
+        print(server_log.read_text()[-20_000:])  # what the web server and workers said, for the failure report
+        raise
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
 
+
+@pytest.mark.slow
+def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_path, tiny_model_dir):
+    with running_stack(tmp_path, tiny_model_dir) as stack:
+        base, env, server, session_key, port = stack.base, stack.env, stack.server, stack.session_key, stack.port
         # the worker answers over the embedded broker
         ping = subprocess.run(
             [sys.executable, "-m", "celery", "-A", "sora_web", "inspect", "ping", "--timeout", "5"],
@@ -193,9 +210,54 @@ def test_sora_serve_runs_web_worker_and_embedded_redis_without_any_server(tmp_pa
         server.wait(timeout=30)
         with pytest.raises(redis.ConnectionError):
             redis.Redis(unix_socket_path=str(tmp_path / "redis.sock"), socket_timeout=1).ping()
-    except BaseException:
-        print(server_log.read_text()[-20_000:])  # what the web server and workers said, for the failure report
-        raise
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_reviewer_watches_a_draft_stream_into_the_page_in_chromium(tmp_path, tiny_model_dir):
+    from playwright.sync_api import sync_playwright
+
+    with running_stack(tmp_path, tiny_model_dir) as stack, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.goto(f"{stack.base}/accounts/login/")
+        page.fill("#id_username", "reviewer")
+        page.fill("#id_password", "reviewer-demo")
+        page.click("button[type=submit]")
+        page.goto(f"{stack.base}/items/1/")
+        page.wait_for_function("document.getElementById('viewers').textContent === 'reviewer'")
+        old_draft = page.text_content("#draft")
+
+        # Record every change the page makes to the draft, as it happens.
+        page.evaluate(
+            """() => {
+                const draft = document.getElementById("draft");
+                window.draftLengths = [];
+                new MutationObserver(() => window.draftLengths.push(draft.textContent.length))
+                    .observe(draft, {childList: true, characterData: true, subtree: true});
+            }"""
+        )
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('message').textContent.startsWith('Written by')")
+        lengths = page.evaluate("window.draftLengths")
+        shown = page.text_content("#draft")
+        message = page.text_content("#message")
+        browser.close()
+        _, token = http_json(f"{stack.base}/api/v1/auth/token/", {"username": "reviewer", "password": "reviewer-demo"})
+        _, item = http_json(f"{stack.base}/api/v1/items/1/", token=token["token"])
+
+    assert message == "Written by tiny-llama."
+    assert lengths[0] < lengths[-1] == len(shown), lengths  # shown in part first: streamed, not swapped in at the end
+    assert shown == item["draft"] != old_draft
