@@ -3,7 +3,7 @@
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 
 from . import roles
 from .exceptions import NotFound
@@ -84,3 +84,20 @@ def expired_leases(*, domain_ids: list[int] | None, now: datetime) -> QuerySet[I
     if domain_ids is not None:
         items = items.filter(domain_id__in=domain_ids)
     return items.order_by("lease_expires_at")
+
+
+def domain_queue_counts(*, user: AbstractBaseUser, since: datetime) -> QuerySet[Domain]:
+    """The reviewer's domains, each with `ready`, `in_review` and `approved_since` counts, in one query."""
+    return domains_reviewable_by(user=user).annotate(
+        ready=Count("items", filter=Q(items__status=Item.Status.READY)),
+        in_review=Count("items", filter=Q(items__status=Item.Status.IN_REVIEW)),
+        approved_since=Count("items", filter=Q(items__status=Item.Status.APPROVED, items__updated_at__gte=since)),
+    )
+
+
+def reviews_recent_by(*, user: AbstractBaseUser, limit: int = 10) -> QuerySet[Review]:
+    return (
+        Review.objects.filter(reviewer=user)
+        .select_related("item__domain", "correction")
+        .order_by("-created_at", "-id")[:limit]
+    )
