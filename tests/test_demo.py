@@ -227,7 +227,7 @@ CHROMIUM_FLAGS = [
 @pytest.mark.slow
 @pytest.mark.browser
 def test_a_reviewer_watches_a_draft_stream_into_the_page_in_chromium(tmp_path, tiny_model_dir):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     with running_stack(tmp_path, tiny_model_dir) as stack, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
@@ -237,7 +237,7 @@ def test_a_reviewer_watches_a_draft_stream_into_the_page_in_chromium(tmp_path, t
         page.fill("#id_password", "reviewer-demo")
         page.click("button[type=submit]")
         page.goto(f"{stack.base}/items/1/")
-        page.wait_for_function("document.getElementById('viewers').textContent === 'reviewer'")
+        expect(page.locator("#viewers")).to_have_text("reviewer")  # locators, not eval: the page's CSP forbids it
         old_draft = page.text_content("#draft")
 
         # Record every change the page makes to the draft, as it happens.
@@ -250,7 +250,7 @@ def test_a_reviewer_watches_a_draft_stream_into_the_page_in_chromium(tmp_path, t
             }"""
         )
         page.click("#generate")
-        page.wait_for_function("document.getElementById('message').textContent.startsWith('Written by')")
+        expect(page.locator("#message")).to_contain_text("Written by", timeout=60_000)
         lengths = page.evaluate("window.draftLengths")
         shown = page.text_content("#draft")
         message = page.text_content("#message")

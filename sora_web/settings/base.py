@@ -46,7 +46,13 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "sora_web.security.ContentSecurityPolicyMiddleware",
 ]
+# No inline script anywhere ('self' also admits same-origin WebSockets); the admin needs inline style attributes.
+SORA_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
 
 ROOT_URLCONF = "sora_web.urls"
 WSGI_APPLICATION = None
