@@ -167,6 +167,9 @@ class Generation(models.Model):
         FAILED = "failed"
         CANCELLED = "cancelled"
 
+    # Still being written: a worker has it or will take it.
+    LIVE_STATUSES = (Status.QUEUED, Status.STREAMING)
+
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="generations")
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.MODEL)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)

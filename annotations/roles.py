@@ -23,6 +23,11 @@ def user_roles(user: AbstractBaseUser) -> set[str]:
     return cached
 
 
+def forget_cached_roles(user: AbstractBaseUser) -> None:
+    """For a user object that outlives a request (a WebSocket's): read the roles again next time."""
+    user._sora_roles = None
+
+
 def has_role(user: AbstractBaseUser, *roles: str) -> bool:
     return bool(user_roles(user) & set(roles))
 

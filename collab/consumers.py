@@ -13,6 +13,7 @@ import logging
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from annotations import roles
 from annotations.exceptions import SoraError
 from annotations.services.generation import generation_cancel, generation_request
 from collab import services
@@ -82,7 +83,7 @@ class ItemConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         user = self.scope["user"]
-        user._sora_roles = None  # roles are cached per user object, and this one lives as long as the socket
+        roles.forget_cached_roles(user)  # this user object lives as long as the socket
         try:
             await database_sync_to_async(handlers[action])(item_id=self.item_id, user=user)
         except SoraError as exc:

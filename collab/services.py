@@ -10,8 +10,6 @@ from annotations.selectors import item_get_for_user
 
 from .models import Viewer
 
-_LIVE = (Generation.Status.QUEUED, Generation.Status.STREAMING)
-
 
 def viewers_of(item_id: int) -> list[dict]:
     names = Viewer.objects.filter(item_id=item_id).values_list("user__username", flat=True).distinct()
@@ -21,7 +19,7 @@ def viewers_of(item_id: int) -> list[dict]:
 def item_snapshot(*, item: Item) -> dict:
     """The item as a viewer who connects now must see it: the draft, or the text streamed so far and its seq."""
     latest = item.generations.order_by("-id").first()
-    if latest is not None and latest.status in _LIVE:
+    if latest is not None and latest.status in Generation.LIVE_STATUSES:
         text, seq = latest.text, latest.seq
     else:
         text, seq = item.draft, (latest.seq if latest else 0)

@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 # A generation whose worker died this many times is failed instead of retried.
 MAX_ATTEMPTS = 3
-_LIVE = (Generation.Status.QUEUED, Generation.Status.STREAMING)
 
 
 # --- requests (web) ---------------------------------------------------------
@@ -87,7 +86,7 @@ def generation_request(*, item_id: int, user: AbstractBaseUser) -> Generation:
     item = item_get_for_user(user=user, item_id=item_id)
     _check_may_generate(user, item)
     item = Item.objects.select_for_update().get(pk=item.pk)
-    if item.generations.filter(status__in=_LIVE).exists():
+    if item.generations.filter(status__in=Generation.LIVE_STATUSES).exists():
         raise InvalidTransition("A draft is already being written for this item.", status=item.status)
     _check_may_change_draft(user, item)
     if item.status in (Item.Status.APPROVED, Item.Status.REJECTED):
@@ -113,7 +112,10 @@ def generation_cancel(*, item_id: int, user: AbstractBaseUser) -> Generation | N
     _check_may_generate(user, item)
     _check_may_change_draft(user, item)
     generation = (
-        Generation.objects.select_for_update().filter(item_id=item.pk, status__in=_LIVE).order_by("-id").first()
+        Generation.objects.select_for_update()
+        .filter(item_id=item.pk, status__in=Generation.LIVE_STATUSES)
+        .order_by("-id")
+        .first()
     )
     if generation is None:
         return None
@@ -244,7 +246,7 @@ def _start(generation_id: int) -> Generation | None:
     """Claim the generation for this worker; None when there is nothing to do."""
     with transaction.atomic():
         generation = Generation.objects.select_for_update().filter(pk=generation_id).first()
-        if generation is None or generation.status not in _LIVE:
+        if generation is None or generation.status not in Generation.LIVE_STATUSES:
             return None  # cancelled before it started, or finished by an earlier delivery
         generation.item = Item.objects.select_related("domain").get(pk=generation.item_id)
         if generation.status == Generation.Status.STREAMING and generation.attempts >= MAX_ATTEMPTS:
@@ -344,7 +346,7 @@ def _end(
     """Close a generation that will not become the draft; the item falls back to its old draft, or `failed`."""
     with transaction.atomic():
         item = Item.objects.select_for_update().get(pk=generation.item_id)
-        if Generation.objects.get(pk=generation.pk).status not in _LIVE:
+        if Generation.objects.get(pk=generation.pk).status not in Generation.LIVE_STATUSES:
             return  # ended meanwhile (its worker finished, or another path ended it)
         generation.status, generation.error, generation.finished_at = status, error, timezone.now()
         fields = ["status", "error", "finished_at"]

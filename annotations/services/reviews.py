@@ -75,9 +75,7 @@ def review_submit(
         claim.ended_at, claim.end_reason = now, Claim.EndReason.REVIEWED
         claim.save(update_fields=["ended_at", "end_reason"])
     # A draft still being written for a decided item would be thrown away: stop its worker.
-    item.generations.filter(status__in=[Generation.Status.QUEUED, Generation.Status.STREAMING]).update(
-        cancel_requested_at=now
-    )
+    item.generations.filter(status__in=Generation.LIVE_STATUSES).update(cancel_requested_at=now)
 
     if approving:
         Correction.objects.create(

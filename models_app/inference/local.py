@@ -61,6 +61,7 @@ class _ModelCache:
             return loaded
 
     def clear(self) -> None:
+        """Unload every model (tests free memory with it)."""
         with self._lock:
             self._loaded.clear()
 
