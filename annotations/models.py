@@ -232,6 +232,8 @@ class Review(models.Model):
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="reviews")
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews")
     claim = models.OneToOneField(Claim, null=True, blank=True, on_delete=models.SET_NULL, related_name="review")
+    # The draft that was reviewed (its model version is what the metrics compare); None: no finished draft.
+    generation = models.ForeignKey(Generation, null=True, blank=True, on_delete=models.SET_NULL, related_name="reviews")
     decision = models.CharField(max_length=16, choices=Decision.choices)
     final_text = models.TextField(blank=True)
     reason = models.TextField(blank=True)

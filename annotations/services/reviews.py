@@ -21,6 +21,16 @@ def _validate_scores(domain: Domain, scores: dict) -> dict:
     return scores
 
 
+def _time_spent_ms(*, reviewer: AbstractBaseUser, claim: Claim | None, now) -> int:
+    """From the claim, or from the reviewer's previous decision if that came later: the dashboard claims
+    the next item while the current one is being reviewed, and that waiting is not time spent on it."""
+    if claim is None:
+        return 0
+    previous = Review.objects.filter(reviewer=reviewer).order_by("-created_at").values_list("created_at", flat=True)
+    started = max(claim.claimed_at, previous.first() or claim.claimed_at)
+    return max(0, int((now - started).total_seconds() * 1000))
+
+
 @transaction.atomic
 def review_submit(
     *,
@@ -59,17 +69,20 @@ def review_submit(
     else:
         text = final_text or ""  # kept on the review: what the reviewer had when they rejected
     claim = Claim.objects.filter(item=item, ended_at__isnull=True).first()
+    # The generation that wrote the draft under review: the latest finished one (failed or cancelled ones never did).
+    generation = item.generations.filter(status=Generation.Status.DONE).order_by("-id").first()
     before = item_state(item)
     review = Review.objects.create(
         item=item,
         reviewer=reviewer,
         claim=claim,
+        generation=generation,
         decision=decision,
         final_text=text,
         reason=reason,
         scores=scores,
         item_version=version,
-        time_spent_ms=int((now - claim.claimed_at).total_seconds() * 1000) if claim else 0,
+        time_spent_ms=_time_spent_ms(reviewer=reviewer, claim=claim, now=now),
     )
     if claim:
         claim.ended_at, claim.end_reason = now, Claim.EndReason.REVIEWED
@@ -81,8 +94,7 @@ def review_submit(
         Correction.objects.create(
             item=item,
             review=review,
-            # The generation that wrote the draft: the latest finished one (failed or cancelled ones never did).
-            generation=item.generations.filter(status=Generation.Status.DONE).order_by("-id").first(),
+            generation=generation,
             domain=item.domain,
             draft=item.draft,
             final=text,
