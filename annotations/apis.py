@@ -241,10 +241,17 @@ class ItemHeartbeatApi(APIView):
 class ItemReleaseApi(APIView):
     permission_classes = [HasRole.of(roles.REVIEWER)]
 
-    @extend_schema(request=None, responses=ItemOutputSerializer, summary="Give the item back to the queue")
+    class ReleaseInputSerializer(serializers.Serializer):
+        skip = serializers.BooleanField(
+            required=False, default=False, help_text="Give it to the others only: you are not offered it again."
+        )
+
+    @extend_schema(request=ReleaseInputSerializer, responses=ItemOutputSerializer, summary="Give the item back")
     def post(self, request, item_id: int):
         selectors.item_get_for_user(user=request.user, item_id=item_id)
-        item = services.item_release(item_id=item_id, reviewer=request.user)
+        payload = self.ReleaseInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        item = services.item_release(item_id=item_id, reviewer=request.user, **payload.validated_data)
         return Response(ItemOutputSerializer(item).data)
 
 

@@ -204,6 +204,7 @@ class Claim(models.Model):
     class EndReason(models.TextChoices):
         REVIEWED = "reviewed"
         RELEASED = "released"
+        SKIPPED = "skipped"  # given back for others: this reviewer is not offered the item again
         EXPIRED = "expired"
 
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="claims")

@@ -3,11 +3,11 @@
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Q, QuerySet
 
 from . import roles
 from .exceptions import NotFound
-from .models import Domain, Generation, Item, Review
+from .models import Claim, Domain, Generation, Item, Review
 
 
 def domains_reviewable_by(*, user: AbstractBaseUser) -> QuerySet[Domain]:
@@ -70,11 +70,13 @@ def item_get_for_user(*, user: AbstractBaseUser, item_id: int, detail: bool = Fa
 
 
 def claimable_items(*, user: AbstractBaseUser, domain_ids: list[int]) -> QuerySet[Item]:
-    """Ready items of these domains that this reviewer has not already approved, best first."""
+    """Ready items of these domains that this reviewer has not already approved or skipped, best first."""
     approved_by_user = Review.objects.filter(item=OuterRef("pk"), reviewer=user, decision=Review.Decision.APPROVE)
+    skipped_by_user = Claim.objects.filter(item=OuterRef("pk"), reviewer=user, end_reason=Claim.EndReason.SKIPPED)
     return (
         Item.objects.filter(domain_id__in=domain_ids, status=Item.Status.READY)
         .filter(Q(approvals=0) | ~Exists(approved_by_user))
+        .filter(~Exists(skipped_by_user))
         .order_by("-priority", "created_at", "id")
     )
 
@@ -101,3 +103,20 @@ def reviews_recent_by(*, user: AbstractBaseUser, limit: int = 10) -> QuerySet[Re
         .select_related("item__domain", "correction")
         .order_by("-created_at", "-id")[:limit]
     )
+
+
+def items_leased_to(*, user: AbstractBaseUser, domain: Domain, now: datetime) -> QuerySet[Item]:
+    """The items of `domain` this reviewer holds a live lease on, first claimed first (the dashboard resumes them)."""
+    return (
+        Item.objects.filter(domain=domain, status=Item.Status.IN_REVIEW, lease_owner=user, lease_expires_at__gt=now)
+        .select_related("domain", "lease_owner")
+        .annotate(claimed_at=Max("claims__claimed_at", filter=Q(claims__ended_at__isnull=True)))
+        .order_by("claimed_at", "id")
+    )
+
+
+def domain_get_for_reviewer(*, user: AbstractBaseUser, slug: str) -> Domain:
+    domain = domains_reviewable_by(user=user).filter(slug=slug).first()
+    if domain is None:
+        raise NotFound("You do not review a domain of that name.")
+    return domain

@@ -19,7 +19,8 @@ def viewers_of(item_id: int) -> list[dict]:
 def item_snapshot(*, item: Item) -> dict:
     """The item as a viewer who connects now must see it: the draft, or the text streamed so far and its seq."""
     latest = item.generations.order_by("-id").first()
-    if latest is not None and latest.status in Generation.LIVE_STATUSES:
+    streaming = latest is not None and latest.status in Generation.LIVE_STATUSES
+    if streaming:
         text, seq = latest.text, latest.seq
     else:
         text, seq = item.draft, (latest.seq if latest else 0)
@@ -29,6 +30,7 @@ def item_snapshot(*, item: Item) -> dict:
         "version": item.version,
         "text": text,
         "seq": seq,
+        "streaming": streaming,  # a draft is being written: `text` is its part so far
         "generation_id": latest.pk if latest else None,
         "attempt": latest.attempts if latest else 0,
         "viewers": viewers_of(item.pk),

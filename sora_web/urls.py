@@ -3,8 +3,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from annotations.views import home
-from collab.views import item_live
+from annotations import views
+from annotations.metrics_views import metrics_page
 
 from . import health
 from .apis import AuthTokenApi
@@ -15,11 +15,13 @@ api_v1 = [
 ]
 
 urlpatterns = [
-    path("", home, name="home"),
+    path("", views.home, name="home"),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("items/<id:item_id>/", item_live, name="item-live"),
+    path("review/<slug:domain>/", views.review_queue, name="review-queue"),
+    path("items/<id:item_id>/", views.item_review, name="item-review"),
+    path("metrics/", metrics_page, name="metrics"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
     # The split view serves its start-up script as a file, so the page runs under the CSP (no inline script).

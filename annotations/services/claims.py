@@ -146,11 +146,11 @@ def item_heartbeat(*, item_id: int, reviewer: AbstractBaseUser) -> Item:
 
 
 @transaction.atomic
-def item_release(*, item_id: int, reviewer: AbstractBaseUser) -> Item:
-    """Give the item back to the queue."""
+def item_release(*, item_id: int, reviewer: AbstractBaseUser, skip: bool = False) -> Item:
+    """Give the item back to the queue; with `skip`, to the others only (this reviewer is not offered it again)."""
     now = timezone.now()
     item = lock_leased_item(item_id=item_id, reviewer=reviewer, now=now)
-    _end_lease(item, actor=reviewer, reason=Claim.EndReason.RELEASED, now=now)
+    _end_lease(item, actor=reviewer, reason=Claim.EndReason.SKIPPED if skip else Claim.EndReason.RELEASED, now=now)
     return item
 
 
@@ -162,6 +162,7 @@ def _end_lease(item: Item, *, actor: AbstractBaseUser | None, reason: str, now: 
     item.lease_expires_at = None
     item.version += 1
     item.save(update_fields=["status", "lease_owner", "lease_expires_at", "version", "updated_at"])
-    verb = "item.lease_expired" if reason == Claim.EndReason.EXPIRED else "item.released"
+    verbs = {Claim.EndReason.EXPIRED: "item.lease_expired", Claim.EndReason.SKIPPED: "item.skipped"}
+    verb = verbs.get(reason, "item.released")
     audit_record(actor=actor, verb=verb, target=item, before=before, after=item_state(item))
     item_status_changed(item)

@@ -11,7 +11,7 @@ time in Python; here it is one. It does what the ORM path in claims.py does
    the items it hands back are candidates for step 2 (all parts of one
    statement share one snapshot); the two then run in one transaction.
 2. LEASE_SQL locks the best ready item — priority, then age, then id — that
-   this reviewer has not already approved, with FOR UPDATE SKIP LOCKED so
+   this reviewer has not already approved or skipped, with FOR UPDATE SKIP LOCKED so
    concurrent reviewers pass over each other's candidates instead of waiting,
    leases it (item → in_review, version + 1), opens a Claim and audits it.
    Alone it needs no BEGIN/COMMIT: one statement is one transaction.
@@ -63,6 +63,10 @@ WITH next_item AS (
             SELECT 1 FROM annotations_review AS review
             WHERE review.item_id = candidate.id AND review.reviewer_id = %(reviewer_id)s
               AND review.decision = 'approve'))
+      AND NOT EXISTS (
+            SELECT 1 FROM annotations_claim AS skipped
+            WHERE skipped.item_id = candidate.id AND skipped.reviewer_id = %(reviewer_id)s
+              AND skipped.end_reason = 'skipped')
     ORDER BY candidate.priority DESC, candidate.created_at, candidate.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED

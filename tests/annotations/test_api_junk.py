@@ -467,24 +467,38 @@ def test_review_scores_nested_as_deep_as_the_parser_allows_are_not_a_500(api, re
     assert_review_not_written(leased_item)
 
 
-# --- heartbeat and release take no body: junk in it is ignored ---------------
+# --- heartbeat takes no body: junk in it is ignored; release reads one and refuses junk ----
 
 
-@pytest.mark.parametrize("action", ["heartbeat", "release"])
-@pytest.mark.parametrize(
-    ("body", "content_type"),
-    [
-        pytest.param(b'{"x": ', "application/json", id="malformed"),
-        pytest.param(NESTED_100K_ARRAYS, "application/json", id="nested-100k"),
-        pytest.param(b"\xff\xfe", "application/json", id="non-utf8"),
-        pytest.param(b"hello", "text/plain", id="text-plain"),
-    ],
-)
-def test_lease_actions_ignore_junk_bodies(api, reviewer, leased_item, action, body, content_type):
-    response = post_raw(api.as_user(reviewer), f"/api/v1/items/{leased_item.pk}/{action}/", body, content_type)
+JUNK_BODIES = [
+    pytest.param(b'{"x": ', "application/json", id="malformed"),
+    pytest.param(NESTED_100K_ARRAYS, "application/json", id="nested-100k"),
+    pytest.param(b"\xff\xfe", "application/json", id="non-utf8"),
+    pytest.param(b"hello", "text/plain", id="text-plain"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type"), JUNK_BODIES)
+def test_heartbeat_ignores_junk_bodies(api, reviewer, leased_item, body, content_type):
+    response = post_raw(api.as_user(reviewer), f"/api/v1/items/{leased_item.pk}/heartbeat/", body, content_type)
     assert response.status_code == 200, response.content[:500]
     leased_item.refresh_from_db()
-    assert leased_item.status == ("in_review" if action == "heartbeat" else "ready")
+    assert leased_item.status == "in_review"
+
+
+@pytest.mark.parametrize(("body", "content_type"), JUNK_BODIES)
+def test_release_refuses_junk_bodies_and_keeps_the_lease(api, reviewer, leased_item, body, content_type):
+    response = post_raw(api.as_user(reviewer), f"/api/v1/items/{leased_item.pk}/release/", body, content_type)
+    assert response.status_code in (400, 415), response.content[:500]
+    assert response.json()["detail"]
+    leased_item.refresh_from_db()
+    assert leased_item.status == "in_review"
+
+
+def test_release_with_a_non_boolean_skip_names_the_field(api, reviewer, leased_item):
+    response = api.as_user(reviewer).post(f"/api/v1/items/{leased_item.pk}/release/", {"skip": "later"}, format="json")
+    assert response.status_code == 400
+    assert list(response.json()["errors"]) == ["skip"]
 
 
 # --- POST /api/v1/auth/token/ -----------------------------------------------

@@ -161,3 +161,31 @@ def test_a_user_holding_a_lease_cannot_be_deleted(reviewer, item):
 
     with pytest.raises(ProtectedError):
         reviewer.delete()
+
+
+def test_a_review_names_the_draft_it_was_made_on(reviewer, item):
+    draft = item.generations.get()
+    claimed = claim(reviewer)
+
+    review = services.review_submit(
+        item_id=item.pk, reviewer=reviewer, decision="reject", version=claimed.version, reason="Off topic."
+    )
+
+    assert review.generation == draft
+
+
+def test_time_spent_counts_from_the_previous_decision_when_the_next_item_was_claimed_earlier(reviewer, domain):
+    first, second = ItemFactory(domain=domain), ItemFactory(domain=domain)
+    now = timezone.now()
+    claim(reviewer), claim(reviewer)  # the dashboard holds the next item while the first is reviewed
+    Claim.objects.filter(item=first).update(claimed_at=now - timedelta(minutes=10))
+    Claim.objects.filter(item=second).update(claimed_at=now - timedelta(minutes=9))
+    first.refresh_from_db()
+    services.review_submit(item_id=first.pk, reviewer=reviewer, decision="approve", version=first.version)
+    Review.objects.filter(item=first).update(created_at=now - timedelta(minutes=2))
+
+    second.refresh_from_db()
+    review = services.review_submit(item_id=second.pk, reviewer=reviewer, decision="approve", version=second.version)
+
+    assert 119_000 <= review.time_spent_ms <= 125_000  # two minutes since the first decision, not nine
+    assert Review.objects.get(item=first).time_spent_ms >= 599_000  # the first: from its claim

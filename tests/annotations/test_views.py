@@ -24,7 +24,8 @@ def test_a_reviewer_sees_counts_for_their_domains_only(client, reviewer, second_
     page = client.get("/").content.decode()
 
     row = page[page.index(f'data-domain="{domain.slug}"') :].split("</tr>")[0]
-    assert [cell.split("</td>")[0] for cell in row.split("<td>")[1:]] == [domain.name, "2", "1", "1"]
+    link = f'<a href="/review/{domain.slug}/">{domain.name}</a>'  # the domain's queue on the review screen
+    assert [cell.split("</td>")[0] for cell in row.split("<td>")[1:]] == [link, "2", "1", "1"]
     assert "elsewhere" not in page
 
 
