@@ -50,7 +50,7 @@ def in_thread(function, *args, **kwargs):
     def run():
         try:
             result["value"] = function(*args, **kwargs)
-        except BaseException as exc:  # re-raised in the test's thread
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the test's thread)
             result["error"] = exc
         finally:
             connections.close_all()  # this thread's connections: an open one could hold SQLite's write lock
