@@ -7,11 +7,13 @@ longer text's word count (0 = unchanged, 1 = nothing kept).
 
 import re
 
-from rapidfuzz.distance import Levenshtein
+from rapidfuzz.distance import Indel, Levenshtein
 
-# Words and the whitespace between them as separate tokens, so the pieces rebuild both texts exactly
-# and a word that only gains a neighbour is not shown as changed.
-_TOKEN = re.compile(r"\s+|\S+")
+# A word with the whitespace after it (and any whitespace that opens the text), so the pieces rebuild
+# both texts exactly. Tokens are aligned on their words alone: a word that only gained a neighbour or a
+# line break is not shown as changed, only the whitespace is.
+_TOKEN = re.compile(r"\s+|\S+\s*")
+_WORD_AND_SPACE = re.compile(r"(\S*)(\s*)")
 
 
 def word_edit_distance(draft: str, final: str) -> float:
@@ -25,13 +27,25 @@ def word_diff(draft: str, final: str) -> list[list[str]]:
     """[["equal"|"delete"|"insert", text], …]; in each changed run the deletion comes before the insertion."""
     old, new = _TOKEN.findall(draft), _TOKEN.findall(final)
     steps: list[tuple[str, str]] = []
-    for op in Levenshtein.opcodes(old, new):
+    # Indel: the longest common subsequence of the words (insertions and deletions, no substitutions).
+    for op in Indel.opcodes([token.strip() for token in old], [token.strip() for token in new]):
         if op.tag == "equal":
-            steps.extend(("equal", token) for token in old[op.src_start : op.src_end])
+            for before, after in zip(old[op.src_start : op.src_end], new[op.dest_start : op.dest_end], strict=True):
+                steps.extend(_same_word(before, after))
         else:
             steps.extend(("delete", token) for token in old[op.src_start : op.src_end])
             steps.extend(("insert", token) for token in new[op.dest_start : op.dest_end])
     return _join_changed_runs(steps)
+
+
+def _same_word(before: str, after: str) -> list[tuple[str, str]]:
+    """One word in both texts: equal, and its following whitespace too unless that changed."""
+    word, space_before = _WORD_AND_SPACE.fullmatch(before).groups()
+    space_after = after[len(word) :]
+    if space_before == space_after:
+        return [("equal", before)]
+    steps = [("equal", word), ("delete", space_before), ("insert", space_after)]
+    return [(tag, text) for tag, text in steps if text]
 
 
 def _join_changed_runs(steps: list[tuple[str, str]]) -> list[list[str]]:

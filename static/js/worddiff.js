@@ -1,53 +1,74 @@
 // Word-level diff of the draft against the reviewer's text, for the "Changes" view while they type.
 // It mirrors annotations/diffing.py, which computes the diff stored with an approval: the same tokens
-// (words and the whitespace between them, so the pieces rebuild both texts exactly) and the same joining
-// of a changed run into one deletion followed by one insertion.
-const TOKEN = /\s+|\S+/g;
+// (a word with the whitespace after it, so the pieces rebuild both texts exactly), aligned on their words
+// alone, and the same joining of a changed run into one deletion followed by one insertion.
+const TOKEN = /\s+|\S+\s*/g;
 // Above this many cells of the comparison table the middle part is shown as replaced outright.
 const MAX_CELLS = 4_000_000;
 
 export function wordDiff(before, after) {
   const a = before.match(TOKEN) || [];
   const b = after.match(TOKEN) || [];
+  const wordsA = a.map((token) => token.trim());
+  const wordsB = b.map((token) => token.trim());
   let start = 0;
-  while (start < a.length && start < b.length && a[start] === b[start]) start++;
+  while (start < a.length && start < b.length && wordsA[start] === wordsB[start]) start++;
   let endA = a.length;
   let endB = b.length;
-  while (endA > start && endB > start && a[endA - 1] === b[endB - 1]) {
+  while (endA > start && endB > start && wordsA[endA - 1] === wordsB[endB - 1]) {
     endA--;
     endB--;
   }
-  const steps = a.slice(0, start).map((token) => ["equal", token]);
-  steps.push(...middle(a.slice(start, endA), b.slice(start, endB)));
-  steps.push(...a.slice(endA).map((token) => ["equal", token]));
+  const steps = [];
+  const same = (i, j) => steps.push(...sameWord(a[i], b[j]));
+  for (let i = 0; i < start; i++) same(i, i);
+  for (const [tag, i, j] of middle(wordsA, wordsB, start, endA, endB)) {
+    if (tag === "equal") same(i, j);
+    else steps.push(tag === "delete" ? ["delete", a[i]] : ["insert", b[j]]);
+  }
+  for (let k = 0; k < a.length - endA; k++) same(endA + k, endB + k);
   return joinChangedRuns(steps);
 }
 
-// Longest common subsequence over the changed middle: edits are local, so it is small.
-function middle(a, b) {
-  const n = a.length;
-  const m = b.length;
+// One word in both texts: equal, and its following whitespace too unless that changed.
+function sameWord(before, after) {
+  const word = before.trim();
+  const spaceBefore = before.slice(word.length);
+  const spaceAfter = after.slice(word.length);
+  if (spaceBefore === spaceAfter) return [["equal", before]];
+  return [["equal", word], ["delete", spaceBefore], ["insert", spaceAfter]].filter(([, text]) => text);
+}
+
+// Longest common subsequence of the words in the changed middle (edits are local, so it is small):
+// [tag, index in a, index in b] steps.
+function middle(a, b, start, endA, endB) {
+  const n = endA - start;
+  const m = endB - start;
+  const steps = [];
   if (!n || !m || (n + 1) * (m + 1) > MAX_CELLS) {
-    return [...a.map((token) => ["delete", token]), ...b.map((token) => ["insert", token])];
+    for (let i = start; i < endA; i++) steps.push(["delete", i, -1]);
+    for (let j = start; j < endB; j++) steps.push(["insert", -1, j]);
+    return steps;
   }
   const width = m + 1;
   const lcs = new Uint32Array((n + 1) * width);
   for (let i = n - 1; i >= 0; i--) {
     for (let j = m - 1; j >= 0; j--) {
-      lcs[i * width + j] = a[i] === b[j] ? lcs[(i + 1) * width + j + 1] + 1 : Math.max(lcs[(i + 1) * width + j], lcs[i * width + j + 1]);
+      lcs[i * width + j] =
+        a[start + i] === b[start + j]
+          ? lcs[(i + 1) * width + j + 1] + 1
+          : Math.max(lcs[(i + 1) * width + j], lcs[i * width + j + 1]);
     }
   }
-  const steps = [];
   let i = 0;
   let j = 0;
   while (i < n || j < m) {
-    if (i < n && j < m && a[i] === b[j]) {
-      steps.push(["equal", a[i++]]);
-      j++;
+    if (i < n && j < m && a[start + i] === b[start + j]) {
+      steps.push(["equal", start + i++, start + j++]);
     } else if (i < n && (j === m || lcs[(i + 1) * width + j] >= lcs[i * width + j + 1])) {
-      steps.push(["delete", a[i++]]);
+      steps.push(["delete", start + i++, -1]);
     } else {
-      steps.push(["insert", b[j++]]);
+      steps.push(["insert", -1, start + j++]);
     }
   }
   return steps;

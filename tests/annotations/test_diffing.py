@@ -19,3 +19,26 @@ def test_diff_pieces_rebuild_both_texts():
     assert "".join(text for op, text in ops if op != "insert") == draft
     assert "".join(text for op, text in ops if op != "delete") == final
     assert ["insert", "BW-1 "] in ops
+
+
+def test_a_changed_run_reads_as_one_deletion_then_one_insertion():
+    assert word_diff("Hello, your parcel is on its way.", "Hello, your parcel left our depot today.") == [
+        ["equal", "Hello, your parcel "],
+        ["delete", "is on its way."],
+        ["insert", "left our depot today."],
+    ]
+
+
+def test_a_word_that_only_gains_a_neighbour_or_a_line_break_is_not_shown_as_changed():
+    assert word_diff("Draft 0.", "Draft 0. Sorry for the wait!") == [
+        ["equal", "Draft 0."],
+        ["insert", " Sorry for the wait!"],
+    ]
+    assert word_diff("Kind regards, the team", "Kind regards,\nthe Brightwater team") == [
+        ["equal", "Kind regards,"],
+        ["delete", " "],
+        ["insert", "\n"],
+        ["equal", "the "],
+        ["insert", "Brightwater "],
+        ["equal", "team"],
+    ]
