@@ -88,3 +88,19 @@ def test_a_manager_may_open_an_item_read_only_but_not_work_a_queue(client, manag
 
     assert boot["may_review"] is False and boot["may_generate"] is True
     assert client.get(f"/review/{item.domain.slug}/").status_code == 404
+
+
+def test_the_api_refuses_a_session_post_without_the_csrf_token(reviewer, item):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(reviewer)
+
+    response = browser.post("/api/v1/queue/claim/", {}, content_type="application/json")
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["detail"]
+
+    page = browser.get(f"/items/{item.pk}/").content.decode()
+    token = re.search(r'id="csrf" value="([^"]+)"', page).group(1)  # what the page's script sends
+    response = browser.post("/api/v1/queue/claim/", {}, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    assert response.status_code == 200

@@ -278,3 +278,22 @@ def test_the_pages_diff_shows_what_the_server_stores(live_server, browser_page):
         assert "".join(text for op, text in ops if op != "delete") == final
         same += ops == word_diff(draft, final)
     print(f"the page and the server chose the same alignment for {same} of 200 random edits")
+
+
+def test_the_lease_is_kept_alive_by_heartbeat_while_the_reviewer_works(
+    live_server, reviewer, domain, three_items, browser_page, settings
+):
+    settings.SORA_LEASE_SECONDS = 3  # heartbeats every second
+    page = browser_page
+    first = three_items[0]
+    open_queue(page, live_server, reviewer, domain)
+    shown = page.text_content("#lease")
+    page.keyboard.press("e")
+    for _ in range(5):  # five seconds of typing: longer than the lease
+        page.keyboard.type(" More.")
+        page.wait_for_timeout(1000)
+    page.keyboard.press("Control+Enter")
+
+    expect(page.locator("#notice")).to_have_text(f"Approved with your edits: item {first.pk}.")
+    assert in_thread(lambda: Item.objects.get(pk=first.pk).status) == "approved"
+    assert shown.startswith("Your lease runs until")
