@@ -11,9 +11,18 @@ import threading
 import pytest
 from django.db import connections
 
-from tests.test_demo import CHROMIUM_FLAGS
-
 PASSWORD = "pass-for-tests-123"
+# The flags the machine notes give for Debian's chromium in a container.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.test_demo import CHROMIUM_FLAGS, http_json, running_stack
+from tests.browser.conftest import CHROMIUM_FLAGS
+from tests.test_demo import http_json, running_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
