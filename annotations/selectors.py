@@ -69,16 +69,17 @@ def item_get_for_user(*, user: AbstractBaseUser, item_id: int, detail: bool = Fa
     return item
 
 
-def claimable_items(*, user: AbstractBaseUser, domain_ids: list[int]) -> QuerySet[Item]:
-    """Ready items of these domains that this reviewer has not already approved or skipped, best first."""
+def claimable_items(*, user: AbstractBaseUser, domain_ids: list[int], skipped_too: bool = False) -> QuerySet[Item]:
+    """Ready items of these domains that this reviewer has not already approved (nor skipped, unless
+    `skipped_too`), best first."""
     approved_by_user = Review.objects.filter(item=OuterRef("pk"), reviewer=user, decision=Review.Decision.APPROVE)
-    skipped_by_user = Claim.objects.filter(item=OuterRef("pk"), reviewer=user, end_reason=Claim.EndReason.SKIPPED)
-    return (
-        Item.objects.filter(domain_id__in=domain_ids, status=Item.Status.READY)
-        .filter(Q(approvals=0) | ~Exists(approved_by_user))
-        .filter(~Exists(skipped_by_user))
-        .order_by("-priority", "created_at", "id")
+    items = Item.objects.filter(domain_id__in=domain_ids, status=Item.Status.READY).filter(
+        Q(approvals=0) | ~Exists(approved_by_user)
     )
+    if not skipped_too:
+        skipped_by_user = Claim.objects.filter(item=OuterRef("pk"), reviewer=user, end_reason=Claim.EndReason.SKIPPED)
+        items = items.filter(~Exists(skipped_by_user))
+    return items.order_by("-priority", "created_at", "id")
 
 
 def expired_leases(*, domain_ids: list[int] | None, now: datetime) -> QuerySet[Item]:

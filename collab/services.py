@@ -31,6 +31,7 @@ def item_snapshot(*, item: Item) -> dict:
         "text": text,
         "seq": seq,
         "streaming": streaming,  # a draft is being written: `text` is its part so far
+        "lease_owner": item.lease_owner.get_username() if item.lease_owner_id else None,
         "generation_id": latest.pk if latest else None,
         "attempt": latest.attempts if latest else 0,
         "viewers": viewers_of(item.pk),

@@ -2,16 +2,22 @@
 
 import django.db.models.deletion
 from django.db import migrations, models
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Q, Subquery
 
 
 def link_reviews_to_their_drafts(apps, schema_editor):
-    """Earlier reviews: the latest finished generation of the item made before the review."""
+    """Earlier reviews: an approval's correction names its draft; otherwise the latest generation of the
+    item that had finished before the review (a submitted draft has no finish time)."""
+    Correction = apps.get_model("annotations", "Correction")
     Generation = apps.get_model("annotations", "Generation")
     Review = apps.get_model("annotations", "Review")
-    drafts = Generation.objects.filter(
-        item=OuterRef("item"), status="done", created_at__lte=OuterRef("created_at")
-    ).order_by("-id")
+    corrected = Correction.objects.filter(review=OuterRef("pk")).values("generation")[:1]
+    Review.objects.filter(generation__isnull=True).update(generation=Subquery(corrected))
+    drafts = (
+        Generation.objects.filter(item=OuterRef("item"), status="done", created_at__lte=OuterRef("created_at"))
+        .filter(Q(finished_at__isnull=True) | Q(finished_at__lte=OuterRef("created_at")))
+        .order_by("-id")
+    )
     Review.objects.filter(generation__isnull=True).update(generation=Subquery(drafts.values("pk")[:1]))
 
 

@@ -61,16 +61,19 @@ def item_claim_next(*, reviewer: AbstractBaseUser, domain: str | None = None) ->
     domains = _domains_to_claim_from(reviewer, domain, timezone.now())
     # Expired leases are handed back first so that they compete for this claim; only where the domain query saw some.
     expired_in = [pk for pk, found in domains.items() if found.has_expired_leases]
-    if connection.vendor == "postgresql":
-        item = _claim_next_postgres(reviewer=reviewer, domain_ids=list(domains), expired_in=expired_in)
-    else:
-        item = _claim_next_portable(reviewer=reviewer, domain_ids=list(domains), expired_in=expired_in)
+    claim = _claim_next_postgres if connection.vendor == "postgresql" else _claim_next_portable
+    item = claim(reviewer=reviewer, domain_ids=list(domains), expired_in=expired_in, skipped_too=False)
+    if item is None:
+        # Items this reviewer skipped wait until nothing else is left for them: then they come back.
+        item = claim(reviewer=reviewer, domain_ids=list(domains), expired_in=[], skipped_too=True)
     if item is not None:
         item.domain, item.lease_owner = domains[item.domain_id], reviewer
     return item
 
 
-def _claim_next_postgres(*, reviewer: AbstractBaseUser, domain_ids: list[int], expired_in: list[int]) -> Item | None:
+def _claim_next_postgres(
+    *, reviewer: AbstractBaseUser, domain_ids: list[int], expired_in: list[int], skipped_too: bool
+) -> Item | None:
     """The claim in SQL (claims_postgres.py). One statement is its own transaction, so BEGIN/COMMIT are only
     needed when a sweep of expired leases must commit together with the lease."""
     with transaction.atomic() if expired_in else nullcontext():
@@ -80,20 +83,23 @@ def _claim_next_postgres(*, reviewer: AbstractBaseUser, domain_ids: list[int], e
         ):
             _announce_status(item_id, Item.Status.READY, version)
         item = claims_postgres.lease_next(
-            reviewer_id=reviewer.pk, domain_ids=domain_ids, now=now, until=_lease_until(now)
+            reviewer_id=reviewer.pk, domain_ids=domain_ids, now=now, until=_lease_until(now), skipped_too=skipped_too
         )
         if item is not None:
             item_status_changed(item)
     return item
 
 
-def _claim_next_portable(*, reviewer: AbstractBaseUser, domain_ids: list[int], expired_in: list[int]) -> Item | None:
+def _claim_next_portable(
+    *, reviewer: AbstractBaseUser, domain_ids: list[int], expired_in: list[int], skipped_too: bool
+) -> Item | None:
     """The claim through the ORM: SQLite, where BEGIN IMMEDIATE serialises claim transactions."""
     with transaction.atomic():
         now = timezone.now()  # inside: BEGIN IMMEDIATE may have waited for the lock
         if expired_in:
             _expire_leases(domain_ids=expired_in, now=now, limit=_EXPIRED_PER_CLAIM)
-        item = claimable_items(user=reviewer, domain_ids=domain_ids).select_for_update(skip_locked=True).first()
+        candidates = claimable_items(user=reviewer, domain_ids=domain_ids, skipped_too=skipped_too)
+        item = candidates.select_for_update(skip_locked=True).first()
         if item is None:
             return None
         before = item_state(item)
@@ -147,7 +153,8 @@ def item_heartbeat(*, item_id: int, reviewer: AbstractBaseUser) -> Item:
 
 @transaction.atomic
 def item_release(*, item_id: int, reviewer: AbstractBaseUser, skip: bool = False) -> Item:
-    """Give the item back to the queue; with `skip`, to the others only (this reviewer is not offered it again)."""
+    """Give the item back to the queue; with `skip`, to the others first: this reviewer is offered it again
+    only when nothing else is left for them."""
     now = timezone.now()
     item = lock_leased_item(item_id=item_id, reviewer=reviewer, now=now)
     _end_lease(item, actor=reviewer, reason=Claim.EndReason.SKIPPED if skip else Claim.EndReason.RELEASED, now=now)

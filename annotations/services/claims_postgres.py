@@ -11,7 +11,8 @@ time in Python; here it is one. It does what the ORM path in claims.py does
    the items it hands back are candidates for step 2 (all parts of one
    statement share one snapshot); the two then run in one transaction.
 2. LEASE_SQL locks the best ready item — priority, then age, then id — that
-   this reviewer has not already approved or skipped, with FOR UPDATE SKIP LOCKED so
+   this reviewer has not already approved (nor skipped: those are passed over
+   until nothing else is left, then a second statement takes them), with FOR UPDATE SKIP LOCKED so
    concurrent reviewers pass over each other's candidates instead of waiting,
    leases it (item → in_review, version + 1), opens a Claim and audits it.
    Alone it needs no BEGIN/COMMIT: one statement is one transaction.
@@ -63,10 +64,7 @@ WITH next_item AS (
             SELECT 1 FROM annotations_review AS review
             WHERE review.item_id = candidate.id AND review.reviewer_id = %(reviewer_id)s
               AND review.decision = 'approve'))
-      AND NOT EXISTS (
-            SELECT 1 FROM annotations_claim AS skipped
-            WHERE skipped.item_id = candidate.id AND skipped.reviewer_id = %(reviewer_id)s
-              AND skipped.end_reason = 'skipped')
+      {skip_filter}
     ORDER BY candidate.priority DESC, candidate.created_at, candidate.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -90,9 +88,21 @@ WITH next_item AS (
 )
 SELECT {item_columns} FROM leased
 """
+_NOT_SKIPPED = """AND NOT EXISTS (
+            SELECT 1 FROM annotations_claim AS skipped
+            WHERE skipped.item_id = candidate.id AND skipped.reviewer_id = %(reviewer_id)s
+              AND skipped.end_reason = 'skipped')"""
 # "= ANY(array)" stops PostgreSQL from reading the per-domain queue index in order; one domain uses "=".
-_LEASE_ONE_DOMAIN = LEASE_SQL.format(item_columns=_ITEM_COLUMNS, domain_match="= %(domain_id)s")
-_LEASE_SEVERAL_DOMAINS = LEASE_SQL.format(item_columns=_ITEM_COLUMNS, domain_match="= ANY(%(domain_ids)s)")
+_DOMAIN_MATCH = {True: "= %(domain_id)s", False: "= ANY(%(domain_ids)s)"}
+_LEASE = {
+    (one_domain, skipped_too): LEASE_SQL.format(
+        item_columns=_ITEM_COLUMNS,
+        domain_match=_DOMAIN_MATCH[one_domain],
+        skip_filter="" if skipped_too else _NOT_SKIPPED,
+    )
+    for one_domain in (True, False)
+    for skipped_too in (True, False)
+}
 
 
 def sweep_expired(*, domain_ids: list[int], now: datetime, sweep_limit: int) -> list[tuple[int, int]]:
@@ -104,8 +114,11 @@ def sweep_expired(*, domain_ids: list[int], now: datetime, sweep_limit: int) -> 
         return [(item_id, version) for item_id, version in cursor.fetchall()]
 
 
-def lease_next(*, reviewer_id: int, domain_ids: list[int], now: datetime, until: datetime) -> Item | None:
-    """Lease the best claimable item to the reviewer; None when there is none."""
+def lease_next(
+    *, reviewer_id: int, domain_ids: list[int], now: datetime, until: datetime, skipped_too: bool = False
+) -> Item | None:
+    """Lease the best claimable item to the reviewer (passing over items they skipped unless `skipped_too`);
+    None when there is none."""
     params = {
         "domain_ids": domain_ids,
         "domain_id": domain_ids[0],
@@ -113,5 +126,5 @@ def lease_next(*, reviewer_id: int, domain_ids: list[int], now: datetime, until:
         "until": until,
         "reviewer_id": reviewer_id,
     }
-    sql = _LEASE_ONE_DOMAIN if len(domain_ids) == 1 else _LEASE_SEVERAL_DOMAINS
+    sql = _LEASE[(len(domain_ids) == 1, skipped_too)]
     return next(iter(Item.objects.raw(sql, params)), None)

@@ -294,9 +294,10 @@ def _finish(generation: Generation, stream: ChunkStream, output: GenerationOutpu
         generation.status, generation.text = Generation.Status.DONE, stream.text
         generation.token_logprobs, generation.finished_at = output.token_logprobs, timezone.now()
         generation.save(update_fields=["status", "text", "token_logprobs", "finished_at"])
-        if item.status in (Item.Status.APPROVED, Item.Status.REJECTED):
-            # Decided while this draft was being written: the decision stands, and the viewers hear why.
-            message = f"The item was {item.status} while this draft was written; it was not used."
+        if item.status in (Item.Status.APPROVED, Item.Status.REJECTED) or item.approvals:
+            # Decided (or approved once) while this draft was being written: that stands, and the viewers hear why.
+            decided = item.status if item.status in (Item.Status.APPROVED, Item.Status.REJECTED) else "approved once"
+            message = f"The item was {decided} while this draft was written; it was not used."
             payload = {"message": message, "code": "discarded", "generation_id": generation.pk}
             send_event_on_commit(item_group(item.pk), "error", payload)
             return

@@ -22,12 +22,19 @@ def _validate_scores(domain: Domain, scores: dict) -> dict:
 
 
 def _time_spent_ms(*, reviewer: AbstractBaseUser, claim: Claim | None, now) -> int:
-    """From the claim, or from the reviewer's previous decision if that came later: the dashboard claims
-    the next item while the current one is being reviewed, and that waiting is not time spent on it."""
+    """From the claim, or from the end of the reviewer's previous item (decided, released or skipped) if that
+    came later: the dashboard claims the next item while the current one is reviewed, and that wait is not
+    time spent on it."""
     if claim is None:
         return 0
-    previous = Review.objects.filter(reviewer=reviewer).order_by("-created_at").values_list("created_at", flat=True)
-    started = max(claim.claimed_at, previous.first() or claim.claimed_at)
+    # The latest few claims by claim time (an index); one of them ended last.
+    recent = (
+        Claim.objects.filter(reviewer=reviewer, ended_at__isnull=False)
+        .exclude(end_reason=Claim.EndReason.EXPIRED)
+        .order_by("-claimed_at")
+        .values_list("ended_at", flat=True)[:5]
+    )
+    started = max([claim.claimed_at, *recent])
     return max(0, int((now - started).total_seconds() * 1000))
 
 

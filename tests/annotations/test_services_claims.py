@@ -139,18 +139,26 @@ def test_release_returns_the_item_to_the_queue(reviewer, second_reviewer, item):
     assert services.item_claim_next(reviewer=second_reviewer).pk == item.pk
 
 
-def test_a_skipped_item_goes_to_the_others_and_is_not_offered_to_the_skipper_again(reviewer, second_reviewer, domain):
+def test_a_skipped_item_goes_to_the_others_first(reviewer, second_reviewer, domain):
     skipped, other = ItemFactory(domain=domain, priority=1), ItemFactory(domain=domain)
     assert services.item_claim_next(reviewer=reviewer).pk == skipped.pk
 
     services.item_release(item_id=skipped.pk, reviewer=reviewer, skip=True)
 
-    assert services.item_claim_next(reviewer=reviewer).pk == other.pk
-    assert services.item_claim_next(reviewer=reviewer) is None
+    assert services.item_claim_next(reviewer=reviewer).pk == other.pk  # passed over, though more urgent
     assert services.item_claim_next(reviewer=second_reviewer).pk == skipped.pk
-    ended = Claim.objects.filter(item=skipped, reviewer=reviewer).get()
-    assert ended.end_reason == "skipped"
+    assert Claim.objects.filter(item=skipped, reviewer=reviewer).get().end_reason == "skipped"
     assert AuditEvent.objects.filter(verb="item.skipped", target_id=str(skipped.pk), actor=reviewer).exists()
+
+
+def test_a_skipped_item_comes_back_to_the_skipper_when_nothing_else_is_left(reviewer, domain):
+    skipped, other = ItemFactory(domain=domain, priority=1), ItemFactory(domain=domain)
+    services.item_claim_next(reviewer=reviewer)
+    services.item_release(item_id=skipped.pk, reviewer=reviewer, skip=True)
+
+    order = [services.item_claim_next(reviewer=reviewer) for _ in range(3)]
+
+    assert [claimed and claimed.pk for claimed in order] == [other.pk, skipped.pk, None]
 
 
 def test_a_plain_release_may_come_back_to_the_same_reviewer(reviewer, item):

@@ -257,6 +257,23 @@ def test_a_decision_taken_while_the_draft_was_written_stands(reviewer, short_dra
     assert Generation.objects.get(pk=generation.pk).status == Generation.Status.DONE
 
 
+def test_a_first_approval_taken_while_the_draft_was_written_keeps_its_draft(
+    reviewer, short_drafts, tiny_model, monkeypatch
+):
+    item = ItemFactory(domain=short_drafts, draft="Approved once as it was.")
+    generation = services.generation_request(item_id=item.pk, user=reviewer)
+
+    def first_approval_meanwhile(index):
+        if index == 0:  # the domain needs two approvals: the item is ready again, with one
+            Item.objects.filter(pk=item.pk).update(approvals=1, final_text="Approved once as it was.")
+
+    use_backend(monkeypatch, FakeBackend(on_piece=first_approval_meanwhile))
+    services.generation_run(generation.pk)
+
+    item.refresh_from_db()
+    assert item.draft == "Approved once as it was."  # what the first reviewer approved is still the draft
+
+
 def test_a_generation_whose_worker_died_starts_again_and_gives_up_after_three(reviewer, short_drafts, tiny_model):
     item = ItemFactory(domain=short_drafts, draft="")
     retried = generation_queue(item=item, requested_by=reviewer)

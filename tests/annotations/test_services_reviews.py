@@ -182,10 +182,24 @@ def test_time_spent_counts_from_the_previous_decision_when_the_next_item_was_cla
     Claim.objects.filter(item=second).update(claimed_at=now - timedelta(minutes=9))
     first.refresh_from_db()
     services.review_submit(item_id=first.pk, reviewer=reviewer, decision="approve", version=first.version)
-    Review.objects.filter(item=first).update(created_at=now - timedelta(minutes=2))
+    Claim.objects.filter(item=first).update(ended_at=now - timedelta(minutes=2))
 
     second.refresh_from_db()
     review = services.review_submit(item_id=second.pk, reviewer=reviewer, decision="approve", version=second.version)
 
     assert 119_000 <= review.time_spent_ms <= 125_000  # two minutes since the first decision, not nine
     assert Review.objects.get(item=first).time_spent_ms >= 599_000  # the first: from its claim
+
+
+def test_time_spent_after_a_skip_counts_from_the_skip(reviewer, domain):
+    skipped, second = ItemFactory(domain=domain), ItemFactory(domain=domain)
+    now = timezone.now()
+    claim(reviewer), claim(reviewer)
+    Claim.objects.filter(item__in=[skipped, second]).update(claimed_at=now - timedelta(minutes=10))
+    services.item_release(item_id=skipped.pk, reviewer=reviewer, skip=True)
+    Claim.objects.filter(item=skipped).update(ended_at=now - timedelta(minutes=1))
+
+    second.refresh_from_db()
+    review = services.review_submit(item_id=second.pk, reviewer=reviewer, decision="approve", version=second.version)
+
+    assert 59_000 <= review.time_spent_ms <= 65_000
