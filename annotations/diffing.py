@@ -12,8 +12,11 @@ from rapidfuzz.distance import Indel, Levenshtein
 # A word with the whitespace after it (and any whitespace that opens the text), so the pieces rebuild
 # both texts exactly. Tokens are aligned on their words alone: a word that only gained a neighbour or a
 # line break is not shown as changed, only the whitespace is.
-_TOKEN = re.compile(r"\s+|\S+\s*")
-_WORD_AND_SPACE = re.compile(r"(\S*)(\s*)")
+# Whitespace spelled out (what str.isspace() accepts), because static/js/worddiff.js must split the same way
+# and JavaScript's \s is a slightly different set.
+_SPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_TOKEN = re.compile(f"[{_SPACE}]+|[^{_SPACE}]+[{_SPACE}]*")
+_WORD_AND_SPACE = re.compile(f"([^{_SPACE}]*)([{_SPACE}]*)")
 
 
 def word_edit_distance(draft: str, final: str) -> float:
@@ -28,7 +31,7 @@ def word_diff(draft: str, final: str) -> list[list[str]]:
     old, new = _TOKEN.findall(draft), _TOKEN.findall(final)
     steps: list[tuple[str, str]] = []
     # Indel: the longest common subsequence of the words (insertions and deletions, no substitutions).
-    for op in Indel.opcodes([token.strip() for token in old], [token.strip() for token in new]):
+    for op in Indel.opcodes([_word(token) for token in old], [_word(token) for token in new]):
         if op.tag == "equal":
             for before, after in zip(old[op.src_start : op.src_end], new[op.dest_start : op.dest_end], strict=True):
                 steps.extend(_same_word(before, after))
@@ -36,6 +39,11 @@ def word_diff(draft: str, final: str) -> list[list[str]]:
             steps.extend(("delete", token) for token in old[op.src_start : op.src_end])
             steps.extend(("insert", token) for token in new[op.dest_start : op.dest_end])
     return _join_changed_runs(steps)
+
+
+def _word(token: str) -> str:
+    """A token's word: "" for a run of whitespace (only the text's opening one is a token of its own)."""
+    return _WORD_AND_SPACE.match(token).group(1)
 
 
 def _same_word(before: str, after: str) -> list[tuple[str, str]]:
@@ -65,7 +73,7 @@ def _join_changed_runs(steps: list[tuple[str, str]]) -> list[list[str]]:
             deleted.append(text)
         elif tag == "insert":
             inserted.append(text)
-        elif (deleted or inserted) and not text.strip() and _changes_next(steps, index + 1):
+        elif (deleted or inserted) and not _word(text) and _changes_next(steps, index + 1):
             deleted.append(text)
             inserted.append(text)
         else:

@@ -58,4 +58,4 @@ def _review_screen(request, domain: Domain, *, mode: str, items: list):
         "lease_seconds": settings.SORA_LEASE_SECONDS,
         "items": ItemOutputSerializer(items, many=True).data,
     }
-    return render(request, "annotations/review.html", {"domain": domain, "boot": boot, "may_review": may_review})
+    return render(request, "annotations/review.html", {"domain": domain, "boot": boot})

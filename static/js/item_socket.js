@@ -16,6 +16,7 @@ export class ItemSocket {
     this.ws = new WebSocket(this.url);
     this.ws.addEventListener("open", () => {
       this.delay = 500;
+      this.handlers.opened?.();
     });
     this.ws.addEventListener("message", (event) => {
       if (this.closed) return;

@@ -53,24 +53,34 @@ const el = {
 const HEARTBEAT_MS = Math.min(60, boot.lease_seconds / 3) * 1000;
 const EMPTY_RETRY_MS = 5000;
 const NOT_CONNECTED = "The live connection is not open yet; try again in a moment.";
+const DROPPED = "The live connection dropped; reconnecting…";
 
-// The item on screen. `draft` is the model's draft the diff starts from; `mine` says whether we hold its lease.
+// The item on screen: `draft` is the model's draft the diff starts from, `baseline` the text the editor started
+// with (the draft, or a first approver's text), `mine` whether we hold its lease.
 let current = null;
 let upcoming = null; // the prefetched next item (claimed, not yet shown)
 let prefetching = null; // the claim in flight, so there is only ever one
+let navigating = null; // moving to another item; one move at a time
 let socket = null;
-let busy = false; // a decision is on its way to the server
+let busy = false; // a decision is on its way to the server (until the next item is shown)
 let conflict = false; // the server refused a save: the text stays, decisions wait for reload / next
 let lastActivity = Date.now();
 let emptyTimer = null;
+let diffFrame = 0;
+
+// A textarea turns \r\n into \n: compare texts the way the editor holds them.
+const normalise = (text) => (text || "").replace(/\r\n?/g, "\n");
+const idle = () => Date.now() - lastActivity > boot.lease_seconds * 1000;
 
 // --- showing an item ----------------------------------------------------------
 
 function show(item) {
+  const draft = normalise(item.draft);
   current = {
     item,
     version: item.version,
-    draft: item.draft,
+    draft,
+    baseline: normalise(item.final_text) || draft,
     mine: isMine(item),
     streaming: ["queued", "generating"].includes(item.status),
     textBeforeStream: null,
@@ -78,6 +88,7 @@ function show(item) {
   conflict = false;
   el.banner.hidden = true;
   el.kept.hidden = true;
+  el.keptText.textContent = "";
   el.empty.hidden = true;
   el.workspace.hidden = false;
   el.itemId.textContent = item.id;
@@ -85,7 +96,8 @@ function show(item) {
   el.input.textContent = item.input;
   showMetadata(item.metadata);
   el.scores.reset();
-  el.editor.value = item.final_text || item.draft;
+  el.rejectReason.value = "";
+  el.editor.value = current.baseline;
   el.message.textContent = "";
   el.viewers.textContent = "";
   showItemState();
@@ -116,6 +128,7 @@ function showMetadata(metadata) {
 }
 
 function showItemState() {
+  if (!current) return;
   const { item, mine, streaming } = current;
   el.status.textContent = item.status;
   el.version.textContent = current.version;
@@ -124,13 +137,17 @@ function showItemState() {
   el.draftState.textContent = streaming ? "being written…" : mine ? "" : "read-only";
   showLease();
   showHolder();
-  const decidable = mine && !streaming && !conflict && !busy;
+  const decidable = mine && !streaming && !conflict && !busy && !navigating;
   el.buttons.approve.disabled = !decidable;
   el.buttons.reject.disabled = !decidable;
   el.buttons.edit.disabled = !decidable;
-  el.buttons.generate.disabled = !mayRegenerate() || streaming;
+  el.buttons.generate.disabled = !mayRegenerate() || streaming || busy;
   el.buttons.cancel.disabled = !streaming;
-  el.buttons.next.disabled = busy || !boot.may_review;
+  el.buttons.next.disabled = busy || Boolean(navigating) || !boot.may_review;
+  showApproveLabel();
+}
+
+function showApproveLabel() {
   el.buttons.approve.firstChild.textContent = isEdited() ? "Approve with edits " : "Approve ";
 }
 
@@ -143,18 +160,18 @@ function mayRegenerate() {
 
 function showLease() {
   const { item, mine } = current;
-  if (mine && item.lease_expires_at) {
-    el.lease.textContent = `Your lease runs until ${clock(item.lease_expires_at)}; it is renewed while you work.`;
-  } else {
-    el.lease.textContent = "";
-  }
+  el.lease.textContent =
+    mine && item.lease_expires_at
+      ? `Your lease runs until ${clock(item.lease_expires_at)}; it is renewed while you work.`
+      : "";
 }
 
 function showHolder() {
   const { item, mine } = current;
   let text = "";
-  if (!mine && item.status === "in_review") {
-    text = `${item.lease_owner} is reviewing this item (lease until ${clock(item.lease_expires_at)}); you see it read-only.`;
+  if (!mine && item.status === "in_review" && item.lease_owner) {
+    const until = item.lease_expires_at ? ` (lease until ${clock(item.lease_expires_at)})` : "";
+    text = `${item.lease_owner} is reviewing this item${until}; you see it read-only.`;
   } else if (!mine) {
     text = `This item is ${item.status}; you see it read-only.`;
   }
@@ -167,10 +184,12 @@ function clock(iso) {
 }
 
 function isEdited() {
-  return current !== null && el.editor.value !== current.draft;
+  return current !== null && el.editor.value !== current.baseline;
 }
 
 function showDiff() {
+  cancelAnimationFrame(diffFrame);
+  diffFrame = 0;
   const parts = wordDiff(current.draft, el.editor.value);
   el.diff.replaceChildren();
   if (parts.every(([tag]) => tag === "equal")) {
@@ -187,8 +206,20 @@ function showDiff() {
   }
 }
 
+// While typing: at most one diff per frame.
+function showDiffSoon() {
+  if (!diffFrame) diffFrame = requestAnimationFrame(showDiff);
+}
+
 function say(text) {
-  el.message.textContent = text;
+  (el.workspace.hidden ? el.notice : el.message).textContent = text;
+}
+
+// Whenever something is about to replace text the reviewer typed, it is set aside beside the item first.
+function keepTypedText() {
+  if (!current || !(conflict || (current.mine && isEdited()))) return;
+  if (el.kept.hidden || !el.keptText.textContent) el.keptText.textContent = el.editor.value;
+  el.kept.hidden = false;
 }
 
 // --- the live channel -----------------------------------------------------------
@@ -200,21 +231,31 @@ function connect(itemId) {
     tokens: onTokens,
     done: onDone,
     error: onStreamError,
-    presence: (message) => {
-      el.viewers.textContent = message.viewers.map((viewer) => viewer.username).join(", ");
-    },
+    presence: (message) => showViewers(message.viewers),
     item: onItemEvent,
-    closed: () => say("The live connection dropped; reconnecting…"),
+    opened: () => {
+      if (el.message.textContent === DROPPED) el.message.textContent = "";
+    },
+    closed: () => say(DROPPED),
   });
 }
 
+function showViewers(viewers) {
+  el.viewers.textContent = viewers.map((viewer) => viewer.username).join(", ");
+}
+
 function onSnapshot(message) {
-  el.viewers.textContent = message.viewers.map((viewer) => viewer.username).join(", ");
+  showViewers(message.viewers);
   current.item.status = message.status;
+  current.item.lease_owner = message.lease_owner;
   current.version = message.version;
+  if (current.mine && !isMine(current.item) && !busy) {
+    current.mine = false;
+    refused("This item left your hands (its lease ended or it was decided elsewhere).");
+  }
   if (message.streaming) {
     startStream(message.text);
-  } else if (current.streaming || message.text !== current.draft) {
+  } else if (current.streaming || normalise(message.text) !== current.draft) {
     // The draft changed while the page was not listening (or finished in between): take the server's.
     finishStream(message.text);
   }
@@ -222,7 +263,10 @@ function onSnapshot(message) {
 }
 
 function startStream(text) {
-  if (!current.streaming || current.textBeforeStream === null) current.textBeforeStream = current.draft;
+  if (!current.streaming) {
+    keepTypedText();
+    current.textBeforeStream = current.draft;
+  }
   current.streaming = true;
   el.editor.value = text;
   showItemState();
@@ -236,11 +280,14 @@ function onTokens(message) {
 }
 
 function finishStream(text) {
+  keepTypedText();
   current.streaming = false;
   current.textBeforeStream = null;
-  current.draft = text;
+  current.draft = normalise(text);
   current.item.draft = text;
-  el.editor.value = current.item.approvals > 0 && current.item.final_text ? current.item.final_text : text;
+  const working = current.item.approvals > 0 ? normalise(current.item.final_text) : "";
+  current.baseline = working || current.draft;
+  el.editor.value = current.baseline;
   showItemState();
   showDiff();
 }
@@ -254,8 +301,7 @@ function onDone(message) {
 function onStreamError(message) {
   if (current.streaming) {
     // The draft under review is the one before: the failed or cancelled one never replaced it.
-    const before = current.textBeforeStream ?? current.draft;
-    finishStream(before);
+    finishStream(current.textBeforeStream ?? current.draft);
   }
   say(message.message);
 }
@@ -264,11 +310,28 @@ function onItemEvent(message) {
   current.item.status = message.status;
   current.version = message.version;
   if (["queued", "generating"].includes(message.status) && !current.streaming) startStream("");
-  const wasMine = current.mine;
-  current.mine = wasMine && message.status === "in_review";
-  if (wasMine && !current.mine && !busy) {
+  if (current.mine && message.status !== "in_review" && !busy) {
+    current.mine = false;
     refused("This item left your hands (its lease ended or it was decided elsewhere).");
+  } else if (!current.mine) {
+    refreshItem(); // the holder, lease and approvals are not in the event
   }
+  showItemState();
+}
+
+// A read-only viewer's copy of the item, brought up to date after an event.
+async function refreshItem() {
+  const shown = current;
+  const { status, data } = await api(`/api/v1/items/${shown.item.id}/`);
+  if (status !== 200 || current !== shown) return;
+  Object.assign(shown.item, {
+    status: data.status,
+    lease_owner: data.lease_owner,
+    lease_expires_at: data.lease_expires_at,
+    approvals: data.approvals,
+    final_text: data.final_text,
+  });
+  shown.version = data.version;
   showItemState();
 }
 
@@ -282,7 +345,7 @@ async function claim() {
 }
 
 function prefetch() {
-  if (boot.mode !== "queue" && !(current && current.mine)) return;
+  if (!boot.may_review || !(current && current.mine)) return;
   if (upcoming || prefetching) return;
   prefetching = claim()
     .then((item) => {
@@ -294,7 +357,21 @@ function prefetch() {
     });
 }
 
-async function advance(note) {
+// Moving between items — skip, next, reload, the empty-queue poll — one move at a time, from its first
+// request to the item shown, so that a double press or a held key never drops a claimed item unseen.
+function navigate(move) {
+  if (navigating) return navigating;
+  navigating = move().finally(() => {
+    navigating = null;
+    showItemState();
+  });
+  showItemState();
+  return navigating;
+}
+
+const advance = (note) => navigate(() => nextItem(note));
+
+async function nextItem(note) {
   boot.mode = "queue";
   if (prefetching) await prefetching;
   let item = upcoming;
@@ -303,7 +380,7 @@ async function advance(note) {
     try {
       item = await claim();
     } catch (error) {
-      say(error.message);
+      showEmpty(error.message);
       return;
     }
   }
@@ -327,9 +404,13 @@ function showEmpty(note) {
   el.notice.textContent = note || "";
   el.main.focus();
   clearTimeout(emptyTimer);
-  emptyTimer = setTimeout(() => {
-    if (current === null) advance(note);
-  }, EMPTY_RETRY_MS);
+  // Look again every few seconds while someone is here: an abandoned tab must not take new items.
+  const lookAgain = () => {
+    if (current !== null) return;
+    if (document.hidden || idle()) emptyTimer = setTimeout(lookAgain, EMPTY_RETRY_MS);
+    else advance(note);
+  };
+  emptyTimer = setTimeout(lookAgain, EMPTY_RETRY_MS);
 }
 
 // --- decisions --------------------------------------------------------------------
@@ -343,7 +424,7 @@ function scores() {
 }
 
 async function decide(body) {
-  if (busy) return false;
+  if (busy || navigating || !current) return false;
   busy = true;
   showItemState();
   const itemId = current.item.id;
@@ -352,12 +433,14 @@ async function decide(body) {
     method: "POST",
     body: { ...body, version: current.version, scores: scores() },
   });
-  busy = false;
   if (status === 201) {
     const verb = body.decision === "approve" ? (edited ? "Approved with your edits" : "Approved") : "Rejected";
-    await advance(`${verb}: item ${itemId}.`);
+    await advance(`${verb}: item ${itemId}.`); // busy until the next item is shown: events of this one are ours
+    busy = false;
+    showItemState();
     return true;
   }
+  busy = false;
   if (status === 409) {
     refused(data.detail || "The server refused the save.");
   } else {
@@ -374,7 +457,8 @@ function approve() {
     say("The approved text may not be blank.");
     return;
   }
-  decide({ decision: "approve", final_text: text });
+  // Unchanged: approve the working text as the server holds it (no needless "edited" from line endings).
+  decide(isEdited() ? { decision: "approve", final_text: text } : { decision: "approve" });
 }
 
 function openReject() {
@@ -394,7 +478,7 @@ async function submitReject() {
   el.rejectDialog.close();
   const body = { decision: "reject", reason };
   if (el.editor.value.trim()) body.final_text = el.editor.value; // kept on the review: what the reviewer had
-  if (await decide(body)) el.rejectReason.value = "";
+  await decide(body);
 }
 
 function edit() {
@@ -414,7 +498,13 @@ function edit() {
 function regenerate() {
   if (!current || el.buttons.generate.disabled) return;
   if (isEdited() && !window.confirm("Discard your edits and write a new draft?")) return;
-  say(socket.send({ action: "generate" }) ? "" : NOT_CONNECTED);
+  if (!socket.send({ action: "generate" })) {
+    say(NOT_CONNECTED);
+    return;
+  }
+  say("");
+  el.editor.value = current.baseline; // the edits were discarded on purpose
+  startStream(current.draft); // waiting for a worker: read-only, X cancels; the first chunk starts the text
 }
 
 function cancelDraft() {
@@ -422,25 +512,37 @@ function cancelDraft() {
   if (!socket.send({ action: "cancel" })) say(NOT_CONNECTED);
 }
 
-async function skip() {
-  if (busy || !boot.may_review) return;
+function skip() {
+  if (busy || navigating || !boot.may_review) return;
+  if (current && current.mine && current.streaming) {
+    say("A draft is being written for this item: cancel it (X) before you skip.");
+    return;
+  }
+  if (current && current.mine && isEdited() && !conflict && !window.confirm("Skip this item and drop your edits?")) {
+    return;
+  }
+  navigate(releaseAndNext);
+}
+
+async function releaseAndNext() {
+  let note = "";
   if (current && current.mine) {
-    const { status, data } = await api(`/api/v1/items/${current.item.id}/release/`, {
-      method: "POST",
-      body: { skip: true },
-    });
-    if (status !== 200 && status !== 409) {
+    const itemId = current.item.id;
+    const { status, data } = await api(`/api/v1/items/${itemId}/release/`, { method: "POST", body: { skip: true } });
+    if (status === 200) note = `Skipped item ${itemId}.`;
+    else if (status !== 409) {
       say(describeError(data));
       return;
     }
   }
-  await advance(current ? `Skipped item ${current.item.id}.` : "");
+  await nextItem(note);
 }
 
 // --- refused saves: the text stays on screen -------------------------------------
 
 function refused(reason) {
   conflict = true;
+  keepTypedText();
   el.bannerText.textContent = `Not saved: ${reason} Your text is still on this page: copy it, or reload the item.`;
   el.banner.hidden = false;
   showItemState();
@@ -448,32 +550,43 @@ function refused(reason) {
 }
 
 async function copyText() {
-  const text = el.keptText.textContent || el.editor.value;
+  const kept = !el.kept.hidden && el.keptText.textContent;
+  const text = kept || el.editor.value;
   try {
     await navigator.clipboard.writeText(text);
     el.notice.textContent = "Your text is on the clipboard.";
   } catch (error) {
-    // No clipboard permission: select the text so that Ctrl+C copies it.
-    el.editor.readOnly = true;
-    el.editor.focus();
-    el.editor.select();
+    // No clipboard (permission, or a page not served over https): select the text so that Ctrl+C copies it.
+    if (kept) {
+      window.getSelection().selectAllChildren(el.keptText);
+    } else {
+      el.editor.readOnly = true;
+      el.editor.focus();
+      el.editor.select();
+    }
     el.notice.textContent = "Press Ctrl+C to copy the selected text.";
   }
 }
 
-async function reloadItem() {
-  if (!current) return;
-  const text = el.editor.value;
-  const edited = isEdited();
-  const { status, data } = await api(`/api/v1/items/${current.item.id}/`);
+function reloadItem() {
+  if (current && !busy) navigate(reload);
+}
+
+async function reload() {
+  const shown = current;
+  const text = el.keptText.textContent || el.editor.value;
+  const edited = Boolean(el.keptText.textContent) || isEdited();
+  const chosen = scores();
+  const { status, data } = await api(`/api/v1/items/${shown.item.id}/`);
   if (status !== 200) {
     say(describeError(data));
     return;
   }
   show(data);
+  for (const [name, value] of Object.entries(chosen)) el.scores.elements[name].value = String(value);
   if (edited) {
     // Never silently lost: if the item is still ours the text goes back into the editor, else it stays beside it.
-    if (current.mine) {
+    if (current.mine && !current.streaming) {
       el.editor.value = text;
       showDiff();
       showItemState();
@@ -483,26 +596,30 @@ async function reloadItem() {
     }
   }
   el.notice.textContent = `Reloaded item ${data.id}: it is ${data.status}.`;
-  if (current.mine) prefetch();
+  prefetch();
 }
 
 // --- leases: heartbeat while the reviewer is active ------------------------------
 
 async function heartbeat() {
-  if (Date.now() - lastActivity > boot.lease_seconds * 1000) return; // away: let the leases run out
-  if (current && current.mine && !conflict) {
-    const { status, data } = await api(`/api/v1/items/${current.item.id}/heartbeat/`, { method: "POST" });
-    if (status === 200 && current.item.id === data.id) {
-      current.item.lease_expires_at = data.lease_expires_at;
-      showLease();
-    } else if (status === 409) {
-      current.mine = false;
-      refused(data.detail);
+  if (idle()) return; // away: let the leases run out
+  const shown = current;
+  if (shown && shown.mine && !conflict) {
+    const { status, data } = await api(`/api/v1/items/${shown.item.id}/heartbeat/`, { method: "POST" });
+    if (current === shown && !busy) {
+      if (status === 200) {
+        shown.item.lease_expires_at = data.lease_expires_at;
+        showLease();
+      } else if (status === 409) {
+        shown.mine = false;
+        refused(data.detail);
+      }
     }
   }
-  if (upcoming) {
-    const { status } = await api(`/api/v1/items/${upcoming.id}/heartbeat/`, { method: "POST" });
-    if (status === 409) {
+  const next = upcoming;
+  if (next) {
+    const { status } = await api(`/api/v1/items/${next.id}/heartbeat/`, { method: "POST" });
+    if (status === 409 && upcoming === next) {
       upcoming = null;
       prefetch();
     }
@@ -518,7 +635,7 @@ const SHORTCUTS = {
   g: regenerate,
   x: cancelDraft,
   n: skip,
-  c: () => conflict && copyText(),
+  c: () => (conflict || !el.kept.hidden) && copyText(),
   l: () => conflict && reloadItem(),
   "?": () => el.help.showModal(),
 };
@@ -526,7 +643,7 @@ const SHORTCUTS = {
 function onKeydown(event) {
   lastActivity = Date.now();
   const target = event.target;
-  if (target === el.rejectReason && event.key === "Enter" && !event.shiftKey) {
+  if (target === el.rejectReason && event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     submitReject();
     return;
@@ -543,7 +660,7 @@ function onKeydown(event) {
     el.main.focus();
     return;
   }
-  if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (typing || event.repeat || event.ctrlKey || event.metaKey || event.altKey) return;
   const action = SHORTCUTS[event.key.length === 1 ? event.key.toLowerCase() : event.key];
   if (action) {
     event.preventDefault();
@@ -554,8 +671,8 @@ function onKeydown(event) {
 // --- wiring -----------------------------------------------------------------------
 
 el.editor.addEventListener("input", () => {
-  showDiff();
-  el.buttons.approve.firstChild.textContent = isEdited() ? "Approve with edits " : "Approve ";
+  showDiffSoon();
+  showApproveLabel();
 });
 el.buttons.approve.addEventListener("click", approve);
 el.buttons.reject.addEventListener("click", openReject);
@@ -578,13 +695,17 @@ document.addEventListener("keydown", onKeydown);
 document.addEventListener("pointerdown", () => {
   lastActivity = Date.now();
 });
+// Closing or leaving the page with unsaved edits asks first.
+window.addEventListener("beforeunload", (event) => {
+  if (current && current.mine && isEdited()) event.preventDefault();
+});
 setInterval(heartbeat, HEARTBEAT_MS);
 
 function start() {
   const [first, second] = boot.items;
   if (boot.mode === "item") {
     show(first);
-    if (current.mine) prefetch();
+    prefetch();
   } else if (first) {
     show(first); // a reload resumes the items this reviewer already holds
     upcoming = second || null;

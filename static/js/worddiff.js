@@ -2,15 +2,18 @@
 // It mirrors annotations/diffing.py, which computes the diff stored with an approval: the same tokens
 // (a word with the whitespace after it, so the pieces rebuild both texts exactly), aligned on their words
 // alone, and the same joining of a changed run into one deletion followed by one insertion.
-const TOKEN = /\s+|\S+\s*/g;
+// Whitespace spelled out as Python's str.isspace() has it (JavaScript's \s differs slightly), in both files.
+const SPACE = "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+const TOKEN = new RegExp(`[${SPACE}]+|[^${SPACE}]+[${SPACE}]*`, "g");
+const LEADING_WORD = new RegExp(`^[^${SPACE}]*`);
 // Above this many cells of the comparison table the middle part is shown as replaced outright.
 const MAX_CELLS = 4_000_000;
 
 export function wordDiff(before, after) {
   const a = before.match(TOKEN) || [];
   const b = after.match(TOKEN) || [];
-  const wordsA = a.map((token) => token.trim());
-  const wordsB = b.map((token) => token.trim());
+  const wordsA = a.map(word);
+  const wordsB = b.map(word);
   let start = 0;
   while (start < a.length && start < b.length && wordsA[start] === wordsB[start]) start++;
   let endA = a.length;
@@ -30,13 +33,18 @@ export function wordDiff(before, after) {
   return joinChangedRuns(steps);
 }
 
+// A token's word: "" for a run of whitespace (only the text's opening one is a token of its own).
+function word(token) {
+  return token.match(LEADING_WORD)[0];
+}
+
 // One word in both texts: equal, and its following whitespace too unless that changed.
 function sameWord(before, after) {
-  const word = before.trim();
-  const spaceBefore = before.slice(word.length);
-  const spaceAfter = after.slice(word.length);
+  const shared = word(before);
+  const spaceBefore = before.slice(shared.length);
+  const spaceAfter = after.slice(shared.length);
   if (spaceBefore === spaceAfter) return [["equal", before]];
-  return [["equal", word], ["delete", spaceBefore], ["insert", spaceAfter]].filter(([, text]) => text);
+  return [["equal", shared], ["delete", spaceBefore], ["insert", spaceAfter]].filter(([, text]) => text);
 }
 
 // Longest common subsequence of the words in the changed middle (edits are local, so it is small):
@@ -90,7 +98,7 @@ function joinChangedRuns(steps) {
     const next = steps[index + 1];
     if (tag === "delete") deleted += text;
     else if (tag === "insert") inserted += text;
-    else if ((deleted || inserted) && !text.trim() && next && next[0] !== "equal") {
+    else if ((deleted || inserted) && !word(text) && next && next[0] !== "equal") {
       deleted += text;
       inserted += text;
     } else {

@@ -12,7 +12,7 @@ from django.db.models import F
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from annotations.models import Item, Review
+from annotations.models import Correction, Item, Review
 from annotations.services import item_claim_next
 from tests.browser.conftest import in_thread, sign_in
 from tests.factories import ItemFactory
@@ -246,6 +246,7 @@ NATURAL_EDITS = [
     ("a  b", "a b"),
     ("", "A whole new reply."),
     ("Everything goes.", ""),
+    ("odd\x85spaces\u00a0and\ufeffa BOM", "odd\x85spaces and\ufeffa BOM\u3000too"),
 ]
 
 
@@ -297,3 +298,44 @@ def test_the_lease_is_kept_alive_by_heartbeat_while_the_reviewer_works(
     expect(page.locator("#notice")).to_have_text(f"Approved with your edits: item {first.pk}.")
     assert in_thread(lambda: Item.objects.get(pk=first.pk).status) == "approved"
     assert shown.startswith("Your lease runs until")
+
+
+@pytest.fixture
+def six_items(domain):
+    return queue(domain, 6)
+
+
+def test_pressing_next_in_a_hurry_never_leaves_a_claimed_item_behind(
+    live_server, reviewer, domain, six_items, browser_page
+):
+    page = browser_page
+    open_queue(page, live_server, reviewer, domain)
+    for _ in range(4):
+        page.keyboard.press("n")
+    page.keyboard.down("n")  # a held key repeats: one skip, not a burst
+    page.wait_for_timeout(300)
+    page.keyboard.up("n")
+    page.wait_for_timeout(500)
+
+    shown = int(page.text_content("#item-id"))
+    held = in_thread(lambda: set(Item.objects.filter(status="in_review").values_list("pk", flat=True)))
+    assert shown in held and len(held) <= 2  # the item on screen and at most the prefetched one
+
+
+@pytest.fixture
+def windows_draft(domain):
+    return ItemFactory(domain=domain, draft="Hello,\r\nyour parcel left today.\r\nKind regards")
+
+
+def test_an_untouched_draft_with_windows_line_endings_is_approved_unedited(
+    live_server, reviewer, domain, windows_draft, browser_page
+):
+    page = browser_page
+    open_queue(page, live_server, reviewer, domain)
+    expect(page.locator("#approve")).to_contain_text("Approve")
+    expect(page.locator("#approve")).not_to_contain_text("with edits")
+    page.keyboard.press("a")
+    expect(page.locator("#notice")).to_have_text(f"Approved: item {windows_draft.pk}.")
+
+    correction = in_thread(lambda: Correction.objects.get(item=windows_draft))
+    assert (correction.edited, correction.final) == (False, windows_draft.draft)

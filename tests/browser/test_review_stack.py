@@ -7,13 +7,15 @@ the keyboard while drafts stream in over the live channel, and a second person s
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.browser.conftest import CHROMIUM_FLAGS
-from tests.test_demo import http_json, running_stack
+from tests.test_demo import ROOT, http_json, running_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -38,6 +40,20 @@ RECORD_LENGTHS = """() => {
     };
     sample();
 }"""
+
+
+EXPIRE_LEASE = """
+from datetime import timedelta
+from django.utils import timezone
+from annotations.models import Claim, Item
+past = timezone.now() - timedelta(seconds=1)
+Item.objects.filter(pk={item_id}).update(lease_expires_at=past)
+Claim.objects.filter(item_id={item_id}, ended_at__isnull=True).update(lease_expires_at=past)
+"""
+
+
+def manage(stack, *args: str) -> None:
+    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=stack.env, check=True, capture_output=True)
 
 
 def sign_in(page, base: str, username: str) -> None:
@@ -109,6 +125,26 @@ def test_a_reviewer_works_the_queue_with_streaming_drafts_and_the_keyboard(tmp_p
         expect(other.locator("#status")).to_have_text("rejected")
         expect(other.locator("#holder")).to_contain_text("This item is rejected")
         third = page.text_content("#item-id")
+
+        # The lease on the third item lapses while the reviewer types; reviewer2 takes it and regenerates.
+        # The reviewer's page says so at once, and the new draft streaming in does not erase the typed text.
+        page.keyboard.press("e")
+        page.keyboard.press("End")
+        page.keyboard.type(" Typed while the lease ran out.")
+        page.keyboard.press("Escape")
+        typed = page.input_value("#editor")
+        manage(stack, "shell", "-c", EXPIRE_LEASE.format(item_id=third))
+        _, token2 = http_json(
+            f"{stack.base}/api/v1/auth/token/", {"username": "reviewer2", "password": "reviewer2-demo"}
+        )
+        status, taken = http_json(f"{stack.base}/api/v1/queue/claim/", {}, token=token2["token"])
+        assert (status, str(taken["id"])) == (200, third)
+        status, _ = http_json(f"{stack.base}/api/v1/items/{third}/generate/", {}, token=token2["token"])
+        assert status == 202
+        expect(page.locator("#banner-text")).to_contain_text("This item left your hands")
+        expect(page.locator("#message")).to_have_text("Written by tiny-llama.", timeout=60_000)
+        expect(page.locator("#kept-text")).to_have_text(typed)
+        expect(page.locator("#approve")).to_be_disabled()
         browser.close()
 
         _, token = http_json(f"{stack.base}/api/v1/auth/token/", {"username": "reviewer", "password": "reviewer-demo"})
