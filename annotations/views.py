@@ -58,4 +58,5 @@ def _review_screen(request, domain: Domain, *, mode: str, items: list):
         "lease_seconds": settings.SORA_LEASE_SECONDS,
         "items": ItemOutputSerializer(items, many=True).data,
     }
-    return render(request, "annotations/review.html", {"domain": domain, "boot": boot})
+    rubric = [entry for entry in domain.rubric if isinstance(entry, dict) and entry.get("name")]
+    return render(request, "annotations/review.html", {"domain": domain, "rubric": rubric, "boot": boot})

@@ -339,3 +339,18 @@ def test_an_untouched_draft_with_windows_line_endings_is_approved_unedited(
 
     correction = in_thread(lambda: Correction.objects.get(item=windows_draft))
     assert (correction.edited, correction.final) == (False, windows_draft.draft)
+
+
+def test_rubric_scores_chosen_on_the_page_are_saved_with_the_decision(
+    live_server, reviewer, domain, three_items, browser_page
+):
+    page = browser_page
+    open_queue(page, live_server, reviewer, domain)
+    expect(page.locator("#scores")).to_contain_text("Kind.")  # the rubric's descriptions are on the page
+    page.focus("select[name=tone]")
+    page.keyboard.press("4")  # a select takes its value from the keyboard too
+    page.keyboard.press("Escape")
+    page.keyboard.press("a")
+    expect(page.locator("#notice")).to_have_text(f"Approved: item {three_items[0].pk}.")
+
+    assert in_thread(lambda: Review.objects.get().scores) == {"tone": 4}
