@@ -385,10 +385,11 @@ async function nextItem(note) {
     }
   }
   if (item) {
-    history.replaceState(null, "", `/review/${boot.domain.slug}/`);
+    const queuePath = `/review/${boot.domain.slug}/`;
+    if (location.pathname !== queuePath) history.replaceState(null, "", queuePath);
     show(item);
     el.notice.textContent = note || "";
-    prefetch();
+    setTimeout(prefetch); // after the item is on screen
   } else {
     showEmpty(note);
   }
