@@ -1,8 +1,11 @@
 """Admin for managers and admins: find work, see who did what, read corrections and the audit trail."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from . import roles
+from .exceptions import SoraError
 from .models import AuditEvent, Claim, Correction, Domain, Generation, Item, Review
 
 
@@ -37,6 +40,25 @@ class DomainAdmin(admin.ModelAdmin):
     search_fields = ["slug", "name"]
     filter_horizontal = ["reviewers"]
     readonly_fields = ["created_at"]
+    actions = ["start_finetune"]
+
+    @admin.action(description="Start a fine-tune job on the approved examples so far", permissions=["finetune"])
+    def start_finetune(self, request, queryset):
+        from models_app.finetuning import finetune_job_start
+
+        for domain in queryset:
+            try:
+                job = finetune_job_start(domain=domain, user=request.user)
+            except SoraError as exc:
+                messages.error(request, f"{domain.slug}: {exc.message}")
+            else:
+                url = reverse("admin:models_app_finetunejob_change", args=[job.pk])
+                messages.success(
+                    request, format_html('{}: <a href="{}">fine-tune job {}</a> queued.', domain.slug, url, job.pk)
+                )
+
+    def has_finetune_permission(self, request) -> bool:
+        return roles.is_manager(request.user)
 
 
 class GenerationInline(admin.TabularInline):

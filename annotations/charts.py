@@ -84,8 +84,8 @@ def _svg(*, chart_id: str, title: str, description: str, width: float, height: f
     )
 
 
-def _y_axis(*, plot_width: float, value_format: Callable[[float], str]) -> SafeString:
-    """Grid lines and labels for 0–1, and the axis line."""
+def _y_axis(*, plot_width: float, value_format: Callable[[float], str], scale: float = 1.0) -> SafeString:
+    """Grid lines and labels for 0–1 (times `scale`), and the axis line."""
     parts = []
     for tick in _TICKS:
         y = _TOP + _PLOT_HEIGHT * (1 - tick)
@@ -101,7 +101,7 @@ def _y_axis(*, plot_width: float, value_format: Callable[[float], str]) -> SafeS
                 _LEFT - 6,
                 _n(y + 4),
                 _MUTED,
-                value_format(tick),
+                value_format(tick * scale),
             )
         )
     parts.append(
@@ -316,3 +316,54 @@ def line_chart(
     parts.append(_legend([label for label, _ in series], top=legend_top, marker="line"))
     height = legend_top + len(series) * _LEGEND_ROW + 4
     return _svg(chart_id=chart_id, title=title, description=description, width=width, height=height, body=_join(parts))
+
+
+def step_chart(
+    points: Sequence[tuple[float, float]],
+    *,
+    chart_id: str,
+    title: str,
+    description: str,
+    x_label: str = "step",
+    width: int = 640,
+) -> SafeString:
+    """One line of (x, y) points with y from 0 to a little above its highest value: a training loss curve."""
+    points = [(float(x), float(y)) for x, y in points]
+    if not points:
+        return empty("Nothing yet.")
+    top = max(y for _, y in points) * 1.05 or 1.0
+    low_x, high_x = points[0][0], max(points[-1][0], points[0][0] + 1)
+    plot_width = width - _LEFT - _RIGHT
+    baseline = _TOP + _PLOT_HEIGHT
+
+    def position(x: float, y: float) -> tuple[str, str]:
+        return _n(_LEFT + plot_width * (x - low_x) / (high_x - low_x)), _n(baseline - _PLOT_HEIGHT * y / top)
+
+    parts = [_y_axis(plot_width=plot_width, value_format=lambda value: f"{value:.2f}", scale=top)]
+    for x, anchor in ((low_x, "start"), (high_x, "end")):
+        parts.append(
+            format_html(
+                '<text x="{}" y="{}" text-anchor="{}" font-size="11" fill="{}">{} {}</text>',
+                position(x, 0)[0],
+                baseline + 18,
+                anchor,
+                _MUTED,
+                x_label,
+                f"{x:g}",
+            )
+        )
+    parts.append(
+        format_html(
+            '<polyline class="line" points="{}" fill="none" stroke="{}" stroke-width="2"/>',
+            " ".join(",".join(position(x, y)) for x, y in points),
+            _colour(0),
+        )
+    )
+    return _svg(
+        chart_id=chart_id,
+        title=title,
+        description=description,
+        width=width,
+        height=baseline + _X_LABELS,
+        body=_join(parts),
+    )

@@ -18,6 +18,8 @@ from annotations.exceptions import SoraError
 from annotations.services.generation import generation_cancel, generation_request
 from collab import services
 from collab.events import item_group
+from models_app.finetuning import job_group, job_state
+from models_app.selectors import job_get
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +118,39 @@ class ItemConsumer(AsyncJsonWebsocketConsumer):
 
     async def item_status(self, event: dict) -> None:
         await self.send_json({"type": "item", "status": event["status"], "version": event["version"]})
+
+
+class JobConsumer(AsyncJsonWebsocketConsumer):
+    """`/ws/jobs/{id}/`: a fine-tune job's progress, live (PRODUCT.md §6), for model managers.
+
+    On connect: {"type": "snapshot", …the job's state}; then {"type": "progress", …} as the
+    worker reports (step, loss, tokens/s, ETA, status, outcome)."""
+
+    group: str
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        if user is None or not user.is_authenticated or not await database_sync_to_async(roles.is_manager)(user):
+            await self.close()
+            return
+        self.group = job_group(job_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        try:
+            job = await database_sync_to_async(job_get)(job_id=job_id)
+        except SoraError:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.close()
+            return
+        await self.accept()
+        await self.send_json({"type": "snapshot", **await database_sync_to_async(job_state)(job)})
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        await self.send_json({"type": "error", "message": "This channel only reports progress.", "code": "invalid"})
+
+    async def job_progress(self, event: dict) -> None:
+        await self.send_json({**{k: v for k, v in event.items() if k != "type"}, "type": "progress"})

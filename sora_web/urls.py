@@ -12,6 +12,7 @@ from .apis import AuthTokenApi
 api_v1 = [
     path("auth/token/", AuthTokenApi.as_view(), name="auth-token"),
     path("", include("annotations.urls")),
+    path("", include("models_app.urls")),
 ]
 
 urlpatterns = [

@@ -48,6 +48,8 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # Larger than the usual 0.02, so that logits can move far enough for fine-tuning tests to see learning.
+        initializer_range=0.5,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -29,7 +29,6 @@ from annotations.models import Generation, Item
 from annotations.selectors import domains_reviewable_by, item_get_for_user
 from collab.events import item_group, send_event, send_event_on_commit
 from models_app.inference import GenerationFailed, GenerationOutput, get_backend
-from models_app.inference.base import ModelRef
 from models_app.inference.prompts import build_messages, sampling_from
 from models_app.selectors import active_version_for
 
@@ -215,12 +214,7 @@ def generation_run(generation_id: int) -> None:
     stream = ChunkStream(generation)
     try:
         output = get_backend().generate(
-            ModelRef(
-                key=f"{version.pk}:{version.base_model}:{version.adapter_path}",
-                base_model=version.base_model,
-                adapter_path=version.adapter_path,
-                name=version.name,
-            ),
+            version.model_ref(),
             build_messages(
                 system_prompt=item.domain.system_prompt,
                 prompt_template=item.domain.prompt_template,

@@ -5,6 +5,8 @@ from django.utils import timezone
 from annotations.diffing import word_diff, word_edit_distance
 from annotations.exceptions import InvalidInput, StaleVersion
 from annotations.models import Claim, Correction, Domain, Generation, Item, Review
+from models_app.datasets import training_example_record
+from models_app.tasks import finetune_check_soon
 
 from .audit import audit_record, item_state
 from .claims import item_status_changed, lock_leased_item
@@ -124,6 +126,9 @@ def review_submit(
     item.save(
         update_fields=["status", "approvals", "final_text", "lease_owner", "lease_expires_at", "version", "updated_at"]
     )
+    if item.status == Item.Status.APPROVED:
+        training_example_record(item=item)  # redacted where the domain says so
+        transaction.on_commit(lambda: finetune_check_soon(item.domain_id))
     audit_record(actor=reviewer, verb=verb, target=item, before=before, after={**item_state(item), "review": review.pk})
     item_status_changed(item)
     return review

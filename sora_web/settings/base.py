@@ -134,6 +134,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ROUTES = {
     # Generation holds a model in memory and a core busy: its own queue, its own workers (a GPU one in production).
     "annotations.generate_draft": {"queue": "inference"},
+    # Training holds a model and every core (or the GPU) for minutes: one task at a time on its own workers.
+    "models_app.finetune": {"queue": "training"},
+    "models_app.*": {"queue": "default"},
     "annotations.*": {"queue": "default"},
     "collab.*": {"queue": "default"},
 }
@@ -218,6 +221,7 @@ SORA_MAX_INPUT_CHARS = env.int("SORA_MAX_INPUT_CHARS", default=100_000)
 
 # Models (PRODUCT.md §4, §9). SORA_BASE_MODEL: a local Hugging Face folder to use instead of the bundled SmolLM2.
 SORA_MODELS_DIR = DATA_DIR / "models"
+SORA_ADAPTERS_DIR = DATA_DIR / "adapters"  # fine-tuned LoRA adapters and their checkpoints, per domain and run
 SORA_BASE_MODEL = env("SORA_BASE_MODEL", default="")
 SORA_INFERENCE_BACKEND = env("SORA_INFERENCE_BACKEND", default="local")
 # Drafts written at once by `sora_serve`'s inference worker (each process holds its own copy of the model).
@@ -231,6 +235,15 @@ SORA_STREAM_FLUSH_PIECES = env.int("SORA_STREAM_FLUSH_PIECES", default=8)
 # A streaming generation whose worker stored nothing for this long is failed by the sweep (its worker died).
 SORA_GENERATION_STALE_SECONDS = env.int("SORA_GENERATION_STALE_SECONDS", default=300)
 
+# Fine-tuning (PRODUCT.md §2, §4, models_app/finetuning.py).
+SORA_HELDOUT_PERCENT = env.int("SORA_HELDOUT_PERCENT", default=20)  # examples held out for evaluation
+SORA_FINETUNE_AUTO = env.bool("SORA_FINETUNE_AUTO", default=True)  # start runs at each domain's threshold
+SORA_FINETUNE_DEFAULTS = env.json("SORA_FINETUNE_DEFAULTS", default={})  # over training.TrainingSettings
+SORA_FINETUNE_STALE_SECONDS = env.int("SORA_FINETUNE_STALE_SECONDS", default=300)  # silent worker: send again
+SORA_EVAL_MAX_ITEMS = env.int("SORA_EVAL_MAX_ITEMS", default=50)  # held-out items each version writes
+SORA_PROMOTION_MARGIN = env.float("SORA_PROMOTION_MARGIN", default=0.02)  # edit distance the candidate must gain
+SORA_REPLAY_TOLERANCE = env.float("SORA_REPLAY_TOLERANCE", default=0.02)  # relative replay-loss regression allowed
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -243,4 +256,6 @@ CELERY_BEAT_SCHEDULE = {
     "leases-expire": {"task": "annotations.leases_expire", "schedule": 60.0},
     "viewers-prune": {"task": "collab.viewers_prune", "schedule": 3600.0},
     "generations-sweep": {"task": "annotations.generations_sweep", "schedule": 60.0},
+    "finetune-check": {"task": "models_app.finetune_check", "schedule": 300.0},
+    "finetune-sweep": {"task": "models_app.finetune_sweep", "schedule": 60.0},
 }

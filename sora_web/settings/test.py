@@ -19,6 +19,9 @@ if not REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "memory://"
 
+# Tasks run inline here: an approval must not start a training run unless a test asks for one.
+SORA_FINETUNE_AUTO = False
+
 # Unit tests run tasks inline; the worker tests start a real worker process.
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True

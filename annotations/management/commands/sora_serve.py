@@ -1,5 +1,5 @@
 """Run the whole product on one machine: embedded Redis (when REDIS_URL is unset),
-a Celery worker with its beat scheduler, an inference worker, and Daphne.
+a Celery worker with its beat scheduler, an inference worker, a training worker, and Daphne.
 Ctrl-C stops them all."""
 
 import os
@@ -45,6 +45,13 @@ class Command(BaseCommand):
                         [sys.executable, "-m", "celery", "-A", "sora_web", "worker", "--loglevel", "INFO",
                          "--concurrency", str(settings.SORA_INFERENCE_CONCURRENCY), "-Q", "inference",
                          "--hostname", "inference@%h"]
+                    )
+                )  # fmt: skip
+                # Fine-tuning: one run at a time, in a process of its own (solo pool: no fork after torch loads).
+                children.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "celery", "-A", "sora_web", "worker", "--loglevel", "INFO",
+                         "--pool", "solo", "-Q", "training", "--hostname", "training@%h"]
                     )
                 )  # fmt: skip
             children.append(

@@ -1,0 +1,135 @@
+"""Training data: approved items become examples; a fine-tune run trains on a frozen snapshot of them.
+
+- An example is written when its item is approved, in the same transaction, redacted first when the
+  domain says so (annotations/redaction.py): nothing unredacted ever reaches a training set.
+- Which examples are held out for evaluation is a function of the item alone (`example_split`), so
+  an example is on the same side in every snapshot and a candidate is never evaluated on what it
+  learnt from.
+- A snapshot is a manifest of (example id, content hash, split) with its sha256; examples are
+  immutable, so the manifest pins exactly what a run saw.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterator
+
+from annotations.redaction import redact, redact_metadata
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from annotations.models import Domain, Item
+
+from .inference.prompts import build_messages
+from .models import DatasetSnapshot, TrainingExample
+
+TRAIN, HELDOUT = "train", "heldout"
+# Corrected drafts teach more than drafts approved as they were.
+EDITED_WEIGHT, UNEDITED_WEIGHT = 2.0, 1.0
+
+
+def example_split(item_id: int) -> str:
+    bucket = int(hashlib.sha256(f"sora-split:{item_id}".encode()).hexdigest()[:8], 16) % 100
+    return HELDOUT if bucket < settings.SORA_HELDOUT_PERCENT else TRAIN
+
+
+def _content_hash(messages: list[dict], completion: str) -> str:
+    payload = json.dumps({"messages": messages, "completion": completion}, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def training_example_record(*, item: Item) -> TrainingExample:
+    """The approved item as a training example (once: a second call returns the first)."""
+    existing = TrainingExample.objects.filter(item=item).first()
+    if existing is not None:
+        return existing
+    domain = item.domain
+    input_text, metadata, completion = item.input, item.metadata, item.final_text
+    if domain.redact_identifiers:
+        input_text = redact(input_text, metadata=item.metadata)
+        completion = redact(completion, metadata=item.metadata)
+        metadata = redact_metadata(item.metadata)
+    messages = build_messages(
+        system_prompt=domain.system_prompt, prompt_template=domain.prompt_template, input=input_text, metadata=metadata
+    )
+    return TrainingExample.objects.create(
+        domain=domain,
+        item=item,
+        messages=messages,
+        completion=completion,
+        weight=EDITED_WEIGHT if item.final_text != item.draft else UNEDITED_WEIGHT,
+        redacted=domain.redact_identifiers,
+        content_hash=_content_hash(messages, completion),
+    )
+
+
+def training_examples_sync(*, domain: Domain) -> int:
+    """Examples for approved items that have none (approved before examples existed); returns how many."""
+    missing = Item.objects.filter(domain=domain, status=Item.Status.APPROVED, training_example__isnull=True)
+    count = 0
+    for item in missing.select_related("domain").iterator():
+        with transaction.atomic():
+            training_example_record(item=item)
+        count += 1
+    return count
+
+
+def _last_snapshot(domain: Domain) -> DatasetSnapshot | None:
+    return DatasetSnapshot.objects.filter(domain=domain).order_by("-id").first()
+
+
+def _last_example_id(snapshot: DatasetSnapshot | None) -> int:
+    return max((entry[0] for entry in snapshot.manifest), default=0) if snapshot else 0
+
+
+def new_examples_count(*, domain: Domain) -> int:
+    """Examples no snapshot of the domain has seen yet: what the fine-tune threshold counts."""
+    since = _last_example_id(_last_snapshot(domain))
+    return TrainingExample.objects.filter(domain=domain, pk__gt=since).count()
+
+
+@transaction.atomic
+def snapshot_create(*, domain: Domain, user: AbstractBaseUser | None = None) -> DatasetSnapshot:
+    """Freeze every example of the domain so far into a snapshot."""
+    training_examples_sync(domain=domain)
+    examples = TrainingExample.objects.filter(domain=domain).order_by("id").values_list("id", "item_id", "content_hash")
+    manifest = [[example_id, content_hash, example_split(item_id)] for example_id, item_id, content_hash in examples]
+    since = _last_example_id(_last_snapshot(domain))
+    return DatasetSnapshot.objects.create(
+        domain=domain,
+        manifest=manifest,
+        sha256=hashlib.sha256(json.dumps(manifest).encode()).hexdigest(),
+        train_count=sum(1 for entry in manifest if entry[2] == TRAIN),
+        heldout_count=sum(1 for entry in manifest if entry[2] == HELDOUT),
+        new_count=sum(1 for entry in manifest if entry[0] > since),
+        created_by=user,
+    )
+
+
+def snapshot_examples(*, snapshot: DatasetSnapshot, split: str | None = None) -> list[TrainingExample]:
+    """The snapshot's examples in manifest order, optionally one split only."""
+    wanted = [entry[0] for entry in snapshot.manifest if split is None or entry[2] == split]
+    by_id = TrainingExample.objects.in_bulk(wanted)
+    return [by_id[example_id] for example_id in wanted]
+
+
+def snapshot_new_ids(*, snapshot: DatasetSnapshot) -> set[int]:
+    """Example ids first seen in this snapshot (the rest are earlier data, for replay)."""
+    earlier = DatasetSnapshot.objects.filter(domain=snapshot.domain, pk__lt=snapshot.pk).order_by("-pk").first()
+    since = _last_example_id(earlier)
+    return {entry[0] for entry in snapshot.manifest if entry[0] > since}
+
+
+def snapshot_jsonl(*, snapshot: DatasetSnapshot) -> Iterator[str]:
+    """The snapshot as JSON lines in the chat-messages format most fine-tuning tools read."""
+    splits = {entry[0]: entry[2] for entry in snapshot.manifest}
+    for example in snapshot_examples(snapshot=snapshot):
+        record = {
+            "messages": [*example.messages, {"role": "assistant", "content": example.completion}],
+            "weight": example.weight,
+            "split": splits[example.pk],
+            "example_id": example.pk,
+            "item_id": example.item_id,
+            "content_hash": example.content_hash,
+        }
+        yield json.dumps(record, ensure_ascii=False) + "\n"

@@ -1,0 +1,59 @@
+"""Fine-tuning settings: torch-free, so the web process can start a job without loading torch."""
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: int = 2
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    max_length: int = 768
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    replay_ratio: float = 0.5  # earlier examples mixed in per new example, against forgetting
+    checkpoint_every: int = 25  # steps
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingSettings":
+        known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
+        return cls(**known)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def errors(cls, values: dict) -> list[str]:
+        """What is wrong with settings a manager sent (unknown names, wrong types, out of range)."""
+        problems = [f"unknown setting {name!r}" for name in values if name not in _LIMITS]
+        for name, (kind, low, high) in _LIMITS.items():
+            if name not in values:
+                continue
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                problems.append(f"{name} must be {'a whole number' if kind is int else 'a number'}")
+            elif not low <= value <= high:
+                problems.append(f"{name} must be from {low} to {high}")
+        return problems
+
+
+# (type, lowest, highest) of each setting a request may give.
+_LIMITS = {
+    "epochs": (int, 1, 50),
+    "learning_rate": (float, 0.0, 1.0),
+    "batch_size": (int, 1, 64),
+    "max_length": (int, 32, 8192),
+    "lora_rank": (int, 1, 256),
+    "lora_alpha": (int, 1, 1024),
+    "lora_dropout": (float, 0.0, 0.9),
+    "replay_ratio": (float, 0.0, 10.0),
+    "checkpoint_every": (int, 1, 100_000),
+    "seed": (int, 0, 2**31 - 1),
+}
+
+
+def steps_for(count: int, settings: TrainingSettings) -> int:
+    return settings.epochs * math.ceil(count / settings.batch_size)

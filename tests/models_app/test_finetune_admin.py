@@ -1,0 +1,113 @@
+"""The model manager's admin: start a run from a domain, watch it, read its loss curve and evaluation, promote,
+roll back, retire, download the dataset. Reviewers (not staff) never get in; refusals are messages, not 500s."""
+
+import pytest
+from django.contrib.messages import get_messages
+from django.urls import reverse
+
+from annotations import services
+from models_app import finetuning
+from models_app.models import DatasetSnapshot, FineTuneJob, ModelVersion
+from models_app.selectors import active_version_for
+from tests.factories import ItemFactory
+
+LEARN = {"epochs": 6, "learning_rate": 0.01, "batch_size": 4, "lora_rank": 8}
+
+
+@pytest.fixture(autouse=True)
+def adapters_in_tmp(settings, tmp_path):
+    settings.SORA_ADAPTERS_DIR = tmp_path / "adapters"
+    settings.SORA_HELDOUT_PERCENT = 30
+    settings.SORA_FINETUNE_DEFAULTS = LEARN
+
+
+@pytest.fixture
+def staff_manager(manager):
+    manager.is_staff = True
+    manager.save()
+    return manager
+
+
+@pytest.fixture
+def approved(domain, reviewer, tiny_model):
+    domain.sampling = {"max_new_tokens": 12}
+    domain.save()
+    for n in range(30):
+        ItemFactory(domain=domain, input=f"Customer message {n}: where is my parcel?", draft=f"Draft {n}.")
+        claimed = services.item_claim_next(reviewer=reviewer)
+        services.review_submit(
+            item_id=claimed.pk,
+            reviewer=reviewer,
+            decision="approve",
+            version=claimed.version,
+            final_text="Best regards, The Brightwater Support Team.",
+        )
+    return domain
+
+
+def action(client, model: str, name: str, pks: list[int]):
+    url = reverse(f"admin:{model}_changelist")
+    return client.post(url, {"action": name, "_selected_action": pks}, follow=True)
+
+
+def texts(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def test_a_manager_starts_a_run_from_the_domain_and_reads_its_curve_and_report(
+    client, staff_manager, approved, tiny_model, django_capture_on_commit_callbacks
+):
+    client.force_login(staff_manager)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = action(client, "annotations_domain", "start_finetune", [approved.pk])
+    job = FineTuneJob.objects.get()
+    assert any("queued" in text for text in texts(response))
+    assert (job.status, job.outcome) == ("succeeded", "promoted"), job.error
+
+    page = client.get(reverse("admin:models_app_finetunejob_change", args=[job.pk])).content.decode()
+    assert 'id="job-live"' in page and "js/job_live" in page  # live progress over /ws/jobs/{id}/
+    assert "<svg" in page and 'id="job-loss"' in page
+    assert "edit distance" in page and "Promote: yes" in page
+
+    version_page = client.get(reverse("admin:models_app_modelversion_change", args=[job.candidate_id])).content
+    assert b'id="version-edit-distance"' in version_page and b'id="version-loss"' in version_page
+    assert tiny_model.name.encode() in version_page  # its lineage
+
+    snapshots = client.get(reverse("admin:models_app_datasetsnapshot_changelist")).content.decode()
+    export = reverse("dataset-export", args=[DatasetSnapshot.objects.get().pk])
+    assert export in snapshots
+    assert client.get(export).status_code == 200  # the session of a manager downloads it
+
+
+def test_roll_back_promote_and_retire_from_the_version_list(
+    client, staff_manager, approved, tiny_model, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        job = finetuning.finetune_job_start(domain=approved, user=staff_manager)
+    job.refresh_from_db()
+    candidate = job.candidate
+    client.force_login(staff_manager)
+
+    action(client, "models_app_modelversion", "roll_back", [candidate.pk])
+    assert active_version_for(domain_id=approved.pk) == tiny_model
+    action(client, "models_app_modelversion", "promote", [candidate.pk])
+    assert active_version_for(domain_id=approved.pk) == candidate
+
+    refused = action(client, "models_app_modelversion", "retire", [candidate.pk])
+    assert any("still writes" in text for text in texts(refused))
+    action(client, "models_app_modelversion", "roll_back", [candidate.pk])
+    action(client, "models_app_modelversion", "retire", [candidate.pk])
+    candidate.refresh_from_db()
+    assert candidate.status == ModelVersion.Status.RETIRED
+
+
+def test_a_refused_start_is_a_message_and_reviewers_never_reach_the_admin(
+    client, staff_manager, reviewer, domain, tiny_model
+):
+    client.force_login(staff_manager)
+    response = action(client, "annotations_domain", "start_finetune", [domain.pk])
+    assert response.status_code == 200
+    assert any("no approved examples" in text for text in texts(response))
+
+    client.force_login(reviewer)
+    assert client.get(reverse("admin:models_app_finetunejob_changelist")).status_code == 302
