@@ -49,7 +49,11 @@ _KEY_KINDS = [
     ("insurance_number", re.compile(r"insur|policy|member|subscriber", re.I)),
     ("record_number", re.compile(r"mrn|record|hospital_?(number|no|id)|nhs|patient_?id|chart", re.I)),
     ("address", re.compile(r"address|street|postcode|post_code|zip", re.I)),
-    ("name", re.compile(r"name|patient|clinician|customer|doctor|physician|nurse|contact|carer|author|signed", re.I)),
+    # Not bare "patient": patient_age or patient_weight hold no identifier (and match measurements in the text).
+    (
+        "name",
+        re.compile(r"name|^patient$|clinician|customer$|doctor|physician|nurse|contact|carer|author|signed", re.I),
+    ),
 ]
 
 
@@ -246,20 +250,23 @@ def redact(text: str, *, metadata: dict | None = None) -> str:
 
 
 def redact_metadata(metadata: dict) -> dict:
-    """The same keys; identifying values (by their key) replaced, other text redacted like any text."""
-    return _redact_value(metadata, metadata, None)
+    """The same keys; every value under an identifying key (judged by its whole path, "patient_dob")
+    replaced, other text redacted like any text."""
+    return _redact_value(metadata, metadata, "")
 
 
-def _redact_value(value, metadata: dict, kind: str | None):
+def _redact_value(value, metadata: dict, path: str):
     if isinstance(value, dict):
-        return {key: _redact_value(inner, metadata, _key_kind(str(key)) or kind) for key, inner in value.items()}
+        return {
+            key: _redact_value(inner, metadata, f"{path}_{key}" if path else str(key)) for key, inner in value.items()
+        }
     if isinstance(value, list):
-        return [_redact_value(inner, metadata, kind) for inner in value]
-    if isinstance(value, str):
-        return PLACEHOLDERS[kind] if kind and value.strip() else redact(value, metadata=metadata)
-    numbered = kind in ("phone", "record_number", "insurance_number")
-    if numbered and isinstance(value, int) and not isinstance(value, bool):
+        return [_redact_value(inner, metadata, path) for inner in value]
+    kind = _key_kind(path) if path else None
+    if kind and value is not None and not isinstance(value, bool) and str(value).strip():
         return PLACEHOLDERS[kind]
+    if isinstance(value, str):
+        return redact(value, metadata=metadata)
     return value
 
 
@@ -272,11 +279,15 @@ def _from_metadata(text: str, metadata: dict) -> list[Span]:
         kind = _key_kind(key)
         if kind is None or value is None or isinstance(value, (bool, float)):
             continue
+        if kind == "name" and not isinstance(value, str):
+            continue  # a number under a name key names nobody
         value = str(value).strip()
         if not value:
             continue
         for needle in _renderings(kind, value):
-            spans += _find_all(text, needle, kind, ignore_case=kind != "name" or len(needle) > 3)
+            # A single name part only as written ("Green", not "green sputum"); the whole name in any case.
+            single_part = kind == "name" and " " not in needle
+            spans += _find_all(text, needle, kind, ignore_case=not single_part)
         if kind in ("phone", "record_number", "insurance_number"):
             spans += _same_digits(text, value, kind)
     return spans

@@ -13,12 +13,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 
-from annotations.redaction import redact, redact_metadata
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from annotations.models import Domain, Item
+from annotations.redaction import redact, redact_metadata
 
 from .inference.prompts import build_messages
 from .models import DatasetSnapshot, TrainingExample
@@ -74,36 +74,50 @@ def training_examples_sync(*, domain: Domain) -> int:
     return count
 
 
-def _last_snapshot(domain: Domain) -> DatasetSnapshot | None:
-    return DatasetSnapshot.objects.filter(domain=domain).order_by("-id").first()
+def _trained_ids(domain: Domain, before: DatasetSnapshot | None = None) -> set[int]:
+    """Examples a finished run of the domain has trained on (its snapshot holds every example up to then).
+    A failed or cancelled run's snapshot does not count: its examples are still new."""
+    from .models import FineTuneJob
+
+    runs = FineTuneJob.objects.filter(domain=domain, status=FineTuneJob.Status.SUCCEEDED)
+    if before is not None:
+        runs = runs.filter(snapshot_id__lt=before.pk)
+    last = runs.order_by("-snapshot_id").select_related("snapshot").first()
+    return {entry[0] for entry in last.snapshot.manifest} if last else set()
 
 
-def _last_example_id(snapshot: DatasetSnapshot | None) -> int:
-    return max((entry[0] for entry in snapshot.manifest), default=0) if snapshot else 0
+def _usable(domain: Domain):
+    examples = TrainingExample.objects.filter(domain=domain)
+    if domain.redact_identifiers:
+        # Recorded while the domain did not redact: they never reach a training set of a domain that does.
+        examples = examples.filter(redacted=True)
+    return examples
 
 
 def new_examples_count(*, domain: Domain) -> int:
-    """Examples no snapshot of the domain has seen yet: what the fine-tune threshold counts."""
-    since = _last_example_id(_last_snapshot(domain))
-    return TrainingExample.objects.filter(domain=domain, pk__gt=since).count()
+    """Examples no finished run has trained on yet: what the fine-tune threshold counts."""
+    trained = _trained_ids(domain)
+    return sum(1 for example_id in _usable(domain).values_list("id", flat=True) if example_id not in trained)
 
 
-@transaction.atomic
 def snapshot_create(*, domain: Domain, user: AbstractBaseUser | None = None) -> DatasetSnapshot:
-    """Freeze every example of the domain so far into a snapshot."""
-    training_examples_sync(domain=domain)
-    examples = TrainingExample.objects.filter(domain=domain).order_by("id").values_list("id", "item_id", "content_hash")
-    manifest = [[example_id, content_hash, example_split(item_id)] for example_id, item_id, content_hash in examples]
-    since = _last_example_id(_last_snapshot(domain))
-    return DatasetSnapshot.objects.create(
-        domain=domain,
-        manifest=manifest,
-        sha256=hashlib.sha256(json.dumps(manifest).encode()).hexdigest(),
-        train_count=sum(1 for entry in manifest if entry[2] == TRAIN),
-        heldout_count=sum(1 for entry in manifest if entry[2] == HELDOUT),
-        new_count=sum(1 for entry in manifest if entry[0] > since),
-        created_by=user,
-    )
+    """Freeze every usable example of the domain so far into a snapshot."""
+    training_examples_sync(domain=domain)  # one item per transaction, before the snapshot's own
+    with transaction.atomic():
+        examples = _usable(domain).order_by("id").values_list("id", "item_id", "content_hash")
+        manifest = [
+            [example_id, content_hash, example_split(item_id)] for example_id, item_id, content_hash in examples
+        ]
+        trained = _trained_ids(domain)
+        return DatasetSnapshot.objects.create(
+            domain=domain,
+            manifest=manifest,
+            sha256=hashlib.sha256(json.dumps(manifest).encode()).hexdigest(),
+            train_count=sum(1 for entry in manifest if entry[2] == TRAIN),
+            heldout_count=sum(1 for entry in manifest if entry[2] == HELDOUT),
+            new_count=sum(1 for entry in manifest if entry[0] not in trained),
+            created_by=user,
+        )
 
 
 def snapshot_examples(*, snapshot: DatasetSnapshot, split: str | None = None) -> list[TrainingExample]:
@@ -114,10 +128,9 @@ def snapshot_examples(*, snapshot: DatasetSnapshot, split: str | None = None) ->
 
 
 def snapshot_new_ids(*, snapshot: DatasetSnapshot) -> set[int]:
-    """Example ids first seen in this snapshot (the rest are earlier data, for replay)."""
-    earlier = DatasetSnapshot.objects.filter(domain=snapshot.domain, pk__lt=snapshot.pk).order_by("-pk").first()
-    since = _last_example_id(earlier)
-    return {entry[0] for entry in snapshot.manifest if entry[0] > since}
+    """Example ids of this snapshot that no earlier finished run trained on (the rest are earlier data)."""
+    trained = _trained_ids(snapshot.domain, before=snapshot)
+    return {entry[0] for entry in snapshot.manifest if entry[0] not in trained}
 
 
 def snapshot_jsonl(*, snapshot: DatasetSnapshot) -> Iterator[str]:

@@ -10,12 +10,13 @@ import logging
 import math
 import random
 import shutil
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from collab.events import send_event
@@ -25,7 +26,7 @@ from .finetuning import announce, job_finish, job_group, job_state, version_prom
 from .hyperparameters import TrainingSettings, steps_for
 from .inference.base import Sampling
 from .inference.prompts import sampling_from
-from .models import FineTuneJob, ModelVersion
+from .models import ActiveModel, FineTuneJob, ModelVersion
 from .training import Example, Progress, TrainingCancelled, train
 
 logger = logging.getLogger(__name__)
@@ -33,25 +34,75 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 # Progress reaches the database and the live channel at most this often (and at the last step).
 REPORT_EVERY_SECONDS = 1.0
+# Earlier examples the evaluation measures forgetting on.
+REPLAY_EVAL_ITEMS = 32
+
+
+class NotOurs(Exception):
+    """Another worker took the job over (this one was presumed dead): stop without touching it."""
 
 
 def finetune_job_run(job_id: int) -> None:
     job = _start(job_id)
     if job is None:
         return
+    heartbeat = _Heartbeat(job)
+    heartbeat.start()
     try:
         _train_and_evaluate(job)
+    except NotOurs:
+        logger.warning("fine-tune job %s was taken over by another worker; this one stops", job_id)
     except TrainingCancelled:
-        with transaction.atomic():
-            job_finish(_locked(job.pk), FineTuneJob.Status.CANCELLED, error="Cancelled.")
+        _end(job, FineTuneJob.Status.CANCELLED, error="Cancelled.")
     except Exception as exc:  # noqa: BLE001 — any failure must end the job with its reason, never leave it running
         logger.exception("fine-tune job %s failed", job_id)
+        _end(job, FineTuneJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        heartbeat.stop()
+
+
+def _mine(job: FineTuneJob) -> FineTuneJob:
+    """The job, row-locked, if this worker's attempt still owns it; NotOurs otherwise."""
+    current = FineTuneJob.objects.select_for_update().select_related("domain", "candidate").get(pk=job.pk)
+    if current.attempts != job.attempts or current.status not in FineTuneJob.UNFINISHED:
+        raise NotOurs()
+    return current
+
+
+def _end(job: FineTuneJob, status: str, error: str) -> None:
+    try:
         with transaction.atomic():
-            job_finish(_locked(job.pk), FineTuneJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+            job_finish(_mine(job), status, error=error)
+    except NotOurs:
+        logger.warning("fine-tune job %s was taken over by another worker; not ending it as %s", job.pk, status)
 
 
-def _locked(job_id: int) -> FineTuneJob:
-    return FineTuneJob.objects.select_for_update().get(pk=job_id)
+class _Heartbeat:
+    """Keeps `heartbeat_at` fresh from a thread, however long a step, a model load or an evaluation takes,
+    so the sweep never sends a live job to a second worker."""
+
+    def __init__(self, job: FineTuneJob) -> None:
+        self.job_id, self.attempt = job.pk, job.attempts
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"finetune-heartbeat-{job.pk}", daemon=True)
+
+    def start(self) -> None:
+        # Inside a transaction (a task run inline by a test) another connection could not see the job.
+        if not connection.in_atomic_block:
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        interval = max(1.0, settings.SORA_FINETUNE_STALE_SECONDS / 5)
+        try:
+            while not self.stopped.wait(interval):
+                FineTuneJob.objects.filter(pk=self.job_id, attempts=self.attempt).update(heartbeat_at=timezone.now())
+        finally:
+            connection.close()  # this thread's own database connection
 
 
 @transaction.atomic
@@ -72,7 +123,8 @@ def _start(job_id: int) -> FineTuneJob | None:
         job_finish(job, FineTuneJob.Status.FAILED, error=f"Its worker was lost {job.attempts} times.")
         return None
     job.attempts += 1
-    job.status, job.heartbeat_at = FineTuneJob.Status.RUNNING, now
+    job.status = job.status if job.status == FineTuneJob.Status.EVALUATING else FineTuneJob.Status.RUNNING
+    job.heartbeat_at = now
     job.started_at = job.started_at or now
     job.save(update_fields=["attempts", "status", "heartbeat_at", "started_at"])
     announce(job)
@@ -84,15 +136,18 @@ def work_dir(job: FineTuneJob) -> Path:
 
 
 def training_examples(job: FineTuneJob) -> tuple[list[Example], list[Example]]:
-    """(what to train on, what to replay in evaluation): the snapshot's new training examples plus a
-    replay sample of earlier ones; all training examples when none are new (a manual re-run)."""
+    """(what to train on, what to measure forgetting on): the snapshot's new training examples plus a replay
+    sample of earlier ones (all training examples when none are new, a manual re-run); forgetting is
+    measured on earlier examples the run did not see again, when there are any."""
     settings_ = TrainingSettings.from_dict(job.hyperparameters)
     train_split = datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.TRAIN)
     new_ids = datasets.snapshot_new_ids(snapshot=job.snapshot)
     new = [e for e in train_split if e.pk in new_ids] or train_split
     earlier = [e for e in train_split if e.pk not in new_ids]
-    replay = sample_replay(_examples(earlier), math.ceil(len(new) * settings_.replay_ratio), settings_.seed)
-    return _examples(new) + replay, replay
+    count = min(len(earlier), math.ceil(len(new) * settings_.replay_ratio))
+    replayed = random.Random(settings_.seed).sample(earlier, count)
+    unseen = [e for e in earlier if e not in replayed][:REPLAY_EVAL_ITEMS]
+    return _examples(new) + _examples(replayed), _examples(unseen or replayed[:REPLAY_EVAL_ITEMS])
 
 
 def _examples(rows) -> list[Example]:
@@ -102,7 +157,30 @@ def _examples(rows) -> list[Example]:
 def _train_and_evaluate(job: FineTuneJob) -> None:
     chosen = TrainingSettings.from_dict(job.hyperparameters)
     to_train, replay = training_examples(job)
-    FineTuneJob.objects.filter(pk=job.pk).update(total_steps=steps_for(len(to_train), chosen))
+    if job.candidate_id is None or not Path(job.candidate.adapter_path).is_dir():
+        _train(job, to_train, chosen)  # a worker lost during evaluation left a candidate: evaluate it again
+    job = FineTuneJob.objects.select_related("domain", "base_version", "snapshot", "candidate").get(pk=job.pk)
+    report, promote = _evaluate(job, replay)
+    with transaction.atomic():
+        current = _mine(job)
+        candidate = current.candidate
+        candidate.metrics = {**candidate.metrics, **report["candidate"]}
+        candidate.save(update_fields=["metrics"])
+        current.evaluation = report
+        current.outcome = FineTuneJob.Outcome.KEPT_AS_CANDIDATE
+        if promote:
+            still = _promotion_blocker(current)
+            if still:
+                report["reasons"].append(still)
+            else:
+                version_promote(version=candidate, domain=current.domain, user=None, reason=f"fine-tune job {job.pk}")
+                current.outcome = FineTuneJob.Outcome.PROMOTED
+        job_finish(current, FineTuneJob.Status.SUCCEEDED)
+    shutil.rmtree(work_dir(job) / "checkpoint", ignore_errors=True)
+
+
+def _train(job: FineTuneJob, to_train: list[Example], chosen: TrainingSettings) -> None:
+    FineTuneJob.objects.filter(pk=job.pk, attempts=job.attempts).update(total_steps=steps_for(len(to_train), chosen))
     reporter = _Reporter(job)
     result = train(
         base_model=job.base_version.base_model,
@@ -114,48 +192,55 @@ def _train_and_evaluate(job: FineTuneJob) -> None:
         should_stop=reporter.cancel_requested,
     )
     with transaction.atomic():
-        job = _locked(job.pk)
-        job.candidate = ModelVersion.objects.create(
-            name=f"{job.domain.slug}-ft{job.pk}",
-            base_model=job.base_version.base_model,
-            adapter_path=str(result.adapter_path),
-            parent=job.base_version,
-            status=ModelVersion.Status.CANDIDATE,
-            metrics={"final_loss": result.loss_history[-1][1], "snapshot": job.snapshot.sha256},
-            created_by=job.requested_by,
+        current = _mine(job)
+        current.candidate, _ = ModelVersion.objects.update_or_create(
+            name=f"{current.domain.slug}-ft{current.pk}",
+            defaults={
+                "base_model": job.base_version.base_model,
+                "adapter_path": str(result.adapter_path),
+                "parent": job.base_version,
+                "status": ModelVersion.Status.CANDIDATE,
+                "metrics": {"final_loss": result.loss_history[-1][1], "snapshot": job.snapshot.sha256},
+                "created_by": job.requested_by,
+            },
         )
-        job.status, job.device = FineTuneJob.Status.EVALUATING, result.device
-        job.loss_history, job.step, job.tokens_per_second = result.loss_history, result.steps, result.tokens_per_second
-        job.eta_seconds, job.heartbeat_at = 0.0, timezone.now()
-        job.save()
-        announce(job)
-    report, promote = _evaluate(job, replay)
-    with transaction.atomic():
-        job = _locked(job.pk)
-        candidate = job.candidate
-        candidate.metrics = {**candidate.metrics, **report["candidate"]}
-        candidate.save(update_fields=["metrics"])
-        job.evaluation = report
-        if promote and not job.cancel_requested_at:
-            version_promote(version=candidate, domain=job.domain, user=None, reason=f"fine-tune job {job.pk}")
-            job.outcome = FineTuneJob.Outcome.PROMOTED
-        else:
-            job.outcome = FineTuneJob.Outcome.KEPT_AS_CANDIDATE
-        job_finish(job, FineTuneJob.Status.SUCCEEDED)
-    shutil.rmtree(work_dir(job) / "checkpoint", ignore_errors=True)
+        current.status, current.device = FineTuneJob.Status.EVALUATING, result.device
+        current.loss_history, current.step = result.loss_history, result.steps
+        current.tokens_per_second, current.eta_seconds = result.tokens_per_second, 0.0
+        current.save()
+        announce(current)
+
+
+def _promotion_blocker(job: FineTuneJob) -> str:
+    """Why an automatic promotion must not happen now, or "": the candidate was compared with the version
+    the run started from, so it may only replace that one (a manager may have rolled back or promoted
+    meanwhile), and only while nobody retired it or cancelled the job."""
+    if job.cancel_requested_at:
+        return "cancelled during evaluation: not promoted"
+    if job.candidate.status != ModelVersion.Status.CANDIDATE:
+        return f"the candidate is {job.candidate.status} now: not promoted"
+    active = ActiveModel.objects.select_for_update().filter(domain=job.domain).first()
+    if active is None or active.version_id != job.base_version_id:
+        return "the domain's active version changed during the run: not promoted over it"
+    return ""
 
 
 def _evaluate(job: FineTuneJob, replay: list[Example]) -> tuple[dict, bool]:
     heldout = _examples(datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.HELDOUT))
-    heldout = heldout[: settings.SORA_EVAL_MAX_ITEMS]
+    heldout = heldout[-settings.SORA_EVAL_MAX_ITEMS :]  # the newest: what drafts look like now
     domain_sampling = sampling_from(job.domain.sampling)
     # Greedy, whatever the domain samples with: the comparison must not depend on chance.
     sampling = Sampling(
         max_new_tokens=domain_sampling.max_new_tokens, repetition_penalty=domain_sampling.repetition_penalty
     )
-    heartbeat = _Reporter(job).beat
-    active = evaluation.score(job.base_version.model_ref(), heldout, replay, sampling, on_item=heartbeat)
-    candidate = evaluation.score(job.candidate.model_ref(), heldout, replay, sampling, on_item=heartbeat)
+    reporter = _Reporter(job)
+
+    def between_items() -> None:
+        if reporter.cancel_requested():
+            raise TrainingCancelled()
+
+    active = evaluation.score(job.base_version.model_ref(), heldout, replay, sampling, on_item=between_items)
+    candidate = evaluation.score(job.candidate.model_ref(), heldout, replay, sampling, on_item=between_items)
     promote, reasons = evaluation.decide(
         active, candidate, margin=settings.SORA_PROMOTION_MARGIN, replay_tolerance=settings.SORA_REPLAY_TOLERANCE
     )
@@ -183,7 +268,7 @@ class _Reporter:
     """Progress to the row and the live channel (throttled), and the cancel flag back."""
 
     def __init__(self, job: FineTuneJob) -> None:
-        self.job_id = job.pk
+        self.job_id, self.attempt = job.pk, job.attempts
         self.last_report = 0.0
         self.last_cancel_check = 0.0
         self.cancelled = False
@@ -196,19 +281,23 @@ class _Reporter:
             return
         self.last_report = now
         job = FineTuneJob.objects.get(pk=self.job_id)
+        if job.attempts != self.attempt:
+            raise NotOurs()
         # A resumed run reports from its checkpoint on: keep the steps the first attempt stored.
         stored = [entry for entry in job.loss_history if entry[0] < (self.history[0][0] if self.history else 0)]
         job.loss_history = stored + self.history
         job.step, job.total_steps = progress.step, progress.total_steps
         job.tokens_per_second, job.eta_seconds = progress.tokens_per_second, progress.eta_seconds
         job.heartbeat_at = timezone.now()
-        job.save(
-            update_fields=["loss_history", "step", "total_steps", "tokens_per_second", "eta_seconds", "heartbeat_at"]
+        FineTuneJob.objects.filter(pk=self.job_id, attempts=self.attempt).update(
+            loss_history=job.loss_history,
+            step=job.step,
+            total_steps=job.total_steps,
+            tokens_per_second=job.tokens_per_second,
+            eta_seconds=job.eta_seconds,
+            heartbeat_at=job.heartbeat_at,
         )
         send_event(job_group(job.pk), "job.progress", job_state(job))
-
-    def beat(self) -> None:
-        FineTuneJob.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
 
     def cancel_requested(self) -> bool:
         now = time.monotonic()
@@ -216,9 +305,3 @@ class _Reporter:
             self.last_cancel_check = now
             self.cancelled = FineTuneJob.objects.filter(pk=self.job_id, cancel_requested_at__isnull=False).exists()
         return self.cancelled
-
-
-def sample_replay(examples: list[Example], count: int, seed: int) -> list[Example]:
-    if len(examples) <= count:
-        return list(examples)
-    return random.Random(seed).sample(examples, count)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from annotations.exceptions import Conflict, InvalidTransition, NotFound
@@ -74,6 +75,7 @@ def finetune_job_start(
     if FineTuneJob.objects.filter(domain=domain, status__in=FineTuneJob.UNFINISHED).exists():
         raise Conflict(f"A fine-tune job of {domain.slug!r} is already running.")
     chosen = TrainingSettings.from_dict({**settings.SORA_FINETUNE_DEFAULTS, **(hyperparameters or {})})
+    datasets.training_examples_sync(domain=domain)  # outside the transaction below: one item at a time
     try:
         with transaction.atomic():
             snapshot = datasets.snapshot_create(domain=domain, user=user)
@@ -99,7 +101,7 @@ def finetune_check(*, domain: Domain) -> FineTuneJob | None:
     """Start a run when the domain's new examples reached its threshold and none is running."""
     if FineTuneJob.objects.filter(domain=domain, status__in=FineTuneJob.UNFINISHED).exists():
         return None
-    if datasets.new_examples_count(domain=domain) < domain.finetune_threshold:
+    if datasets.new_examples_count(domain=domain) < max(domain.finetune_threshold, 1):
         return None
     try:
         return finetune_job_start(domain=domain, trigger=FineTuneJob.Trigger.THRESHOLD)
@@ -127,8 +129,12 @@ def finetune_job_cancel(*, job_id: int, user: AbstractBaseUser | None) -> FineTu
     if job.status not in FineTuneJob.UNFINISHED:
         raise InvalidTransition(f"The job is {job.status}; there is nothing to cancel.", status=job.status)
     job.cancel_requested_at = timezone.now()
+    stale = job.cancel_requested_at - timedelta(seconds=settings.SORA_FINETUNE_STALE_SECONDS)
     if job.status == FineTuneJob.Status.QUEUED and job.attempts == 0:
         job_finish(job, FineTuneJob.Status.CANCELLED, error="Cancelled before it started.")
+    elif job.heartbeat_at is None or job.heartbeat_at < stale:
+        # No live worker will see the flag: end it here, or the domain could never train again.
+        job_finish(job, FineTuneJob.Status.CANCELLED, error="Cancelled (its worker had stopped).")
     else:
         job.save(update_fields=["cancel_requested_at"])  # the running worker stops at its next step
     audit_record(actor=user, verb="finetune.cancel_requested", target=job, before={}, after={"status": job.status})
@@ -148,17 +154,19 @@ def job_finish(job: FineTuneJob, status: str, error: str = "") -> None:
 
 
 def finetune_jobs_sweep() -> dict:
-    """Send again jobs the broker never took, and those whose worker went silent (it resumes from its checkpoint)."""
+    """Send again jobs whose message never reached a worker (broker down, or lost with its broker) and jobs
+    whose worker went silent; a job sent again is not sent again before the stale limit passes once more."""
     now = timezone.now()
-    undispatched = FineTuneJob.objects.filter(
-        status=FineTuneJob.Status.QUEUED, dispatched_at__isnull=True, created_at__lt=now - timedelta(seconds=30)
-    ).values_list("pk", flat=True)
     stale = now - timedelta(seconds=settings.SORA_FINETUNE_STALE_SECONDS)
+    never_taken = FineTuneJob.objects.filter(status=FineTuneJob.Status.QUEUED, attempts=0).filter(
+        Q(dispatched_at__isnull=True, created_at__lt=now - timedelta(seconds=30)) | Q(dispatched_at__lt=stale)
+    )
     silent = FineTuneJob.objects.filter(
-        status__in=(FineTuneJob.Status.RUNNING, FineTuneJob.Status.EVALUATING), heartbeat_at__lt=stale
-    ).values_list("pk", flat=True)
-    resent = sorted({*undispatched, *silent})
+        status__in=FineTuneJob.UNFINISHED, attempts__gt=0, heartbeat_at__lt=stale
+    ).filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale))
+    resent = sorted({*never_taken.values_list("pk", flat=True), *silent.values_list("pk", flat=True)})
     for job_id in resent:
+        FineTuneJob.objects.filter(pk=job_id).update(dispatched_at=None)  # _dispatch stamps it when sent
         _dispatch(job_id)
     return {"resent": resent}
 

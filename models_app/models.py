@@ -78,7 +78,8 @@ class TrainingExample(ImmutableModel):
     """
 
     domain = models.ForeignKey("annotations.Domain", on_delete=models.PROTECT, related_name="training_examples")
-    item = models.OneToOneField("annotations.Item", on_delete=models.CASCADE, related_name="training_example")
+    # PROTECT: a snapshot names its examples; an item that trained a model is not deleted under it.
+    item = models.OneToOneField("annotations.Item", on_delete=models.PROTECT, related_name="training_example")
     messages = models.JSONField(help_text='The prompt as chat messages: [{"role": "system"|"user", "content"}, …].')
     completion = models.TextField(help_text="The approved text: what the model should have written.")
     weight = models.FloatField(default=1.0, help_text="Loss weight: drafts people had to correct count double.")

@@ -191,7 +191,7 @@ class Migration(migrations.Migration):
                 (
                     "item",
                     models.OneToOneField(
-                        on_delete=django.db.models.deletion.CASCADE,
+                        on_delete=django.db.models.deletion.PROTECT,
                         related_name="training_example",
                         to="annotations.item",
                     ),

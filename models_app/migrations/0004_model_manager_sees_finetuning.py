@@ -1,4 +1,4 @@
-"""Model managers see fine-tune jobs, dataset snapshots and training examples in the admin (PRODUCT.md §1)."""
+"""Model managers see fine-tune jobs and dataset snapshots in the admin (PRODUCT.md §1)."""
 
 from django.db import migrations
 

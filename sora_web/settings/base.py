@@ -142,6 +142,9 @@ CELERY_TASK_ROUTES = {
 }
 # A worker takes one task at a time, so a long generation never sits on tasks queued behind it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# An unacknowledged task (acks_late) goes back to the queue after this long: longer than a fine-tune run,
+# so a live run is not delivered twice (and if it were, the job's heartbeat sends the second delivery away).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("SORA_BROKER_VISIBILITY_TIMEOUT", default=6 * 3600)}
 
 CACHES = {
     "default": (

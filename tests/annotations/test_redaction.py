@@ -100,3 +100,16 @@ def test_recall_on_the_synthetic_set():
     assert with_metadata["recall"] >= 0.95, with_metadata["missed"]
     assert patterns_only["recall"] >= 0.85, patterns_only["missed"]
     assert with_metadata["wrongly_redacted"] / with_metadata["non_identifiers"] <= 0.03
+
+
+def test_nested_metadata_is_judged_by_its_whole_key_and_name_parts_match_only_as_written():
+    metadata = {"patient": {"id": 448201, "dob": 19790804}, "patient_age": "54", "patient_name": "Maria Green"}
+
+    assert redact_metadata(metadata) == {
+        "patient": {"id": "[RECORD_NUMBER]", "dob": "[DATE_OF_BIRTH]"},
+        "patient_age": "54",
+        "patient_name": "[NAME]",
+    }
+    assert redact("Cough with green sputum, seen by Ms Green; BP 154/54.", metadata=metadata) == (
+        "Cough with green sputum, seen by Ms [NAME]; BP 154/54."
+    )

@@ -93,7 +93,8 @@ def test_a_snapshot_freezes_the_examples_with_a_stable_split_and_exports_chat_js
     second = datasets.snapshot_create(domain=short_domain)
 
     assert (first.train_count + first.heldout_count, first.new_count) == (10, 10)
-    assert (second.train_count + second.heldout_count, second.new_count) == (14, 4)
+    # No run has finished: every example is still new (a snapshot alone trains nothing).
+    assert (second.train_count + second.heldout_count, second.new_count) == (14, 14)
     assert second.manifest[:10] == first.manifest  # same examples, same sides
     assert len({first.sha256, second.sha256}) == 2
     lines = [json.loads(line) for line in datasets.snapshot_jsonl(snapshot=second)]
@@ -121,7 +122,7 @@ def test_a_domain_reaching_its_threshold_starts_a_run_by_itself(
 
     job = FineTuneJob.objects.get()
     assert (job.trigger, job.snapshot.new_count, queued) == ("threshold", 5, [job.pk])
-    assert datasets.new_examples_count(domain=short_domain) == 0
+    assert datasets.new_examples_count(domain=short_domain) == 5  # new until a run on them succeeds
     with django_capture_on_commit_callbacks(execute=True):
         approve(reviewer, short_domain, 5)
     assert FineTuneJob.objects.count() == 1  # never two runs at once for one domain
@@ -289,3 +290,81 @@ def test_a_rollback_points_the_domain_back_at_the_parent(
     assert parent == tiny_model == active_version_for(domain_id=short_domain.pk)
     with pytest.raises(InvalidTransition, match="no earlier version"):
         version_rollback(domain=short_domain, user=manager)
+
+
+def test_a_cancelled_runs_examples_are_still_new_for_the_next_one(
+    reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks
+):
+    approve(reviewer, short_domain, 5)
+    with django_capture_on_commit_callbacks(execute=False):
+        job = finetune_job_start(domain=short_domain, user=manager)
+    finetune_job_cancel(job_id=job.pk, user=manager)
+
+    assert datasets.new_examples_count(domain=short_domain) == 5
+
+
+def test_a_worker_lost_during_evaluation_is_evaluated_again_without_training_again(
+    reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks, monkeypatch, settings
+):
+    approve(reviewer, short_domain, 30)
+    score = finetune_runner.evaluation.score
+    calls = {"n": 0}
+
+    def lost_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise WorkerLost()
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_runner.evaluation, "score", lost_once)
+    with django_capture_on_commit_callbacks(execute=False):
+        job = finetune_job_start(domain=short_domain, user=manager, hyperparameters=LEARN)
+    with pytest.raises(WorkerLost):
+        finetune_runner.finetune_job_run(job.pk)
+    job.refresh_from_db()
+    history, candidate = job.loss_history, job.candidate
+    assert job.status == "evaluating"
+
+    settings.SORA_FINETUNE_STALE_SECONDS = 0
+    finetuning.finetune_jobs_sweep()
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.candidate, job.loss_history) == ("succeeded", 2, candidate, history)
+
+
+def test_no_automatic_promotion_over_a_version_a_manager_changed_during_the_run(
+    reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks, monkeypatch
+):
+    from models_app.services import activate
+
+    approve(reviewer, short_domain, 30)
+    other = ModelVersion.objects.create(name="by-hand", base_model=tiny_model.base_model)
+    report = finetune_runner._Reporter.report
+
+    def manager_switches_meanwhile(self, progress):
+        report(self, progress)
+        if progress.step == 2:
+            activate(version=other, domain=short_domain, user=manager)
+
+    monkeypatch.setattr(finetune_runner._Reporter, "report", manager_switches_meanwhile)
+
+    job = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
+
+    assert (job.status, job.outcome) == ("succeeded", "kept_as_candidate"), job.error
+    assert any("active version changed" in reason for reason in job.evaluation["reasons"])
+    assert active_version_for(domain_id=short_domain.pk) == other
+
+
+def test_a_running_job_whose_worker_is_gone_is_cancelled_at_once(
+    reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks, settings
+):
+    approve(reviewer, short_domain, 5)
+    with django_capture_on_commit_callbacks(execute=False):
+        job = finetune_job_start(domain=short_domain, user=manager)
+    FineTuneJob.objects.filter(pk=job.pk).update(status="running", attempts=1, heartbeat_at=timezone.now())
+    settings.SORA_FINETUNE_STALE_SECONDS = 0
+
+    finetune_job_cancel(job_id=job.pk, user=manager)
+
+    job.refresh_from_db()
+    assert job.status == "cancelled" and "stopped" in job.error
