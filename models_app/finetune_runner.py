@@ -63,7 +63,7 @@ def finetune_job_run(job_id: int) -> None:
 
 def _mine(job: FineTuneJob) -> FineTuneJob:
     """The job, row-locked, if this worker's attempt still owns it; NotOurs otherwise."""
-    current = FineTuneJob.objects.select_for_update().select_related("domain", "candidate").get(pk=job.pk)
+    current = FineTuneJob.objects.select_for_update(of=("self",)).select_related("domain", "candidate").get(pk=job.pk)
     if current.attempts != job.attempts or current.status not in FineTuneJob.UNFINISHED:
         raise NotOurs()
     return current
@@ -108,7 +108,11 @@ class _Heartbeat:
 @transaction.atomic
 def _start(job_id: int) -> FineTuneJob | None:
     """Take the job for this worker, or None: finished, cancelled, or alive in another worker."""
-    job = FineTuneJob.objects.select_for_update().select_related("domain", "base_version", "snapshot").get(pk=job_id)
+    job = (
+        FineTuneJob.objects.select_for_update(of=("self",))
+        .select_related("domain", "base_version", "snapshot")
+        .get(pk=job_id)
+    )
     if job.status not in FineTuneJob.UNFINISHED:
         return None
     now = timezone.now()
