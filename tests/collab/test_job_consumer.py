@@ -20,9 +20,10 @@ def in_memory_channel_layer(settings):
 
 
 @pytest.fixture
-def job(domain, reviewer, tiny_model, monkeypatch):
+def job(domain, reviewer, tiny_model, monkeypatch, settings):
     from models_app import finetuning
 
+    settings.SORA_HELDOUT_PERCENT = 0  # the one example must be a training example
     ItemFactory(domain=domain)
     claimed = services.item_claim_next(reviewer=reviewer)
     services.review_submit(item_id=claimed.pk, reviewer=reviewer, decision="approve", version=claimed.version)

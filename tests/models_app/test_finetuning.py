@@ -124,7 +124,7 @@ def test_a_domain_reaching_its_threshold_starts_a_run_by_itself(
     assert (job.trigger, job.snapshot.new_count, queued) == ("threshold", 5, [job.pk])
     assert datasets.new_examples_count(domain=short_domain) == 5  # new until a run on them succeeds
     with django_capture_on_commit_callbacks(execute=True):
-        approve(reviewer, short_domain, 5)
+        approve(reviewer, short_domain, 8)
     assert FineTuneJob.objects.count() == 1  # never two runs at once for one domain
 
 
@@ -191,7 +191,7 @@ def test_a_second_round_continues_from_the_promoted_version_and_replays_earlier_
 
 
 def test_one_unfinished_job_per_domain(reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks):
-    approve(reviewer, short_domain, 5)
+    approve(reviewer, short_domain, 8)  # 8: at least one lands in training (held out: 30% each)
     with django_capture_on_commit_callbacks(execute=False):
         finetune_job_start(domain=short_domain, user=manager)
 
@@ -208,7 +208,7 @@ def test_nothing_to_train_on_or_no_model_is_refused(manager, short_domain, tiny_
 def test_a_queued_job_cancelled_before_it_starts_never_trains(
     reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks
 ):
-    approve(reviewer, short_domain, 5)
+    approve(reviewer, short_domain, 8)  # 8: at least one lands in training (held out: 30% each)
     with django_capture_on_commit_callbacks(execute=False):
         job = finetune_job_start(domain=short_domain, user=manager)
 
@@ -295,12 +295,12 @@ def test_a_rollback_points_the_domain_back_at_the_parent(
 def test_a_cancelled_runs_examples_are_still_new_for_the_next_one(
     reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks
 ):
-    approve(reviewer, short_domain, 5)
+    approve(reviewer, short_domain, 8)  # 8: at least one lands in training (held out: 30% each)
     with django_capture_on_commit_callbacks(execute=False):
         job = finetune_job_start(domain=short_domain, user=manager)
     finetune_job_cancel(job_id=job.pk, user=manager)
 
-    assert datasets.new_examples_count(domain=short_domain) == 5
+    assert datasets.new_examples_count(domain=short_domain) == 8
 
 
 def test_a_worker_lost_during_evaluation_is_evaluated_again_without_training_again(
@@ -358,7 +358,7 @@ def test_no_automatic_promotion_over_a_version_a_manager_changed_during_the_run(
 def test_a_running_job_whose_worker_is_gone_is_cancelled_at_once(
     reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks, settings
 ):
-    approve(reviewer, short_domain, 5)
+    approve(reviewer, short_domain, 8)  # 8: at least one lands in training (held out: 30% each)
     with django_capture_on_commit_callbacks(execute=False):
         job = finetune_job_start(domain=short_domain, user=manager)
     FineTuneJob.objects.filter(pk=job.pk).update(status="running", attempts=1, heartbeat_at=timezone.now())
