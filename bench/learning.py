@@ -501,6 +501,15 @@ def render(results: dict) -> str:
         f"date: {results['started']} → {results['finished']}; commit {results['git']['commit']}"
         + (f" (+{len(results['git']['uncommitted'])} uncommitted paths)" if results["git"]["uncommitted"] else ""),
         f"command: {results['command']}",
+        *(
+            [
+                f"resumed: {', '.join(results['resumed']['versions'])} measured by the interrupted run started "
+                f"{results['resumed']['started']} (same data, model and settings), read from "
+                f"{results['resumed']['from']}"
+            ]
+            if results.get("resumed")
+            else []
+        ),
         f"load average at start {results['loadavg']['start']}, at end {results['loadavg']['end']}",
         f"model: {results['model']}; drafts greedy, max_new_tokens {d['max_new_tokens']} (longest gold "
         f"{d['longest_gold_tokens']} tokens), through evaluation.score (LocalBackend, adapter merged)",
@@ -605,11 +614,39 @@ def parse_overrides(spec: str) -> dict:
     return values
 
 
+def resume_from(args, results: dict, chosen: TrainingSettings) -> tuple[dict, dict]:
+    """With --resume: the versions an interrupted run with the same data and settings measured (PATH.partial)."""
+    if not args.resume:
+        return {}, {}
+    if not args.json:
+        raise SystemExit("--resume needs --json PATH (it reads PATH.partial)")
+    partial = Path(args.json + ".partial")
+    if not partial.is_file():
+        return {}, {}
+    earlier = json.loads(partial.read_text())
+    same = ("train_cases", "heldout_cases", "max_new_tokens", "replay", "gate_set")
+    if (
+        any(earlier["data"][k] != json.loads(json.dumps(results["data"][k])) for k in same)
+        or earlier["model"] != (results["model"])
+    ):
+        raise SystemExit(f"--resume: {partial} was measured on other data, model or settings")
+    versions = {}
+    for name, v in earlier["versions"].items():
+        if name == "product" and v["settings"] != chosen.as_dict():
+            continue
+        if name == "bare" and earlier.get("bare_settings") != chosen.as_dict():
+            continue
+        scores = evaluation.Scores(v["edit_distance"], v["chrf"], v["replay_loss_gate_set"], v["drafts"])
+        versions[name] = {**v, "scores": scores}
+    return versions, {"from": str(partial), "started": earlier["started"], "versions": sorted(versions)}
+
+
 def save_partial(path: str | None, results: dict, versions: dict) -> None:
     """What is measured so far, so that a run killed later still leaves its figures (PATH.partial)."""
     if path:
         done = {name: {k: v for k, v in version.items() if k != "scores"} for name, version in versions.items()}
-        Path(path + ".partial").write_text(json.dumps({**results, "versions": done}, indent=2, default=str))
+        document = {**results, "versions": done, "bare_settings": results.get("bare_settings")}
+        Path(path + ".partial").write_text(json.dumps(document, indent=2, default=str))
 
 
 def main() -> int:
@@ -627,7 +664,12 @@ def main() -> int:
         help="auto: a second product round with TUNED settings when the default misses a learning target; "
         "none; or settings to always run, e.g. learning_rate=5e-4,epochs=3",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON (and PATH.partial as it goes)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the versions an interrupted run with the same arguments measured (from PATH.partial)",
+    )
     args = parser.parse_args()
     if not 1 <= args.train <= 100 or args.heldout < 2 or args.epochs < 1 or args.max_new_tokens < 1:
         parser.error("--train 1–100, --heldout ≥ 2, --epochs ≥ 1, --max-new-tokens ≥ 1")
@@ -693,29 +735,32 @@ def main() -> int:
     if longest + 1 > args.max_new_tokens:
         print(f"warning: the longest gold reply is {longest} tokens, above --max-new-tokens", file=sys.stderr)
 
+    results["bare_settings"] = chosen.as_dict()
+    versions, resumed = resume_from(args, results, chosen)
     work = Path(tempfile.mkdtemp(prefix="sora_bench_learning_"))
-    versions: dict = {}
     try:
-        print(f"base: drafting {len(heldout_cases)} held-out items …", file=sys.stderr)
-        base_ref = ModelRef(key="bench-base", base_model=model_path, name="base")
-        versions["base"] = measure(base_ref, data["heldout"], data["heldout_kinds"], gate_set, data)
-        save_partial(args.json, results, versions)
+        if "base" not in versions:
+            print(f"base: drafting {len(heldout_cases)} held-out items …", file=sys.stderr)
+            base_ref = ModelRef(key="bench-base", base_model=model_path, name="base")
+            versions["base"] = measure(base_ref, data["heldout"], data["heldout_kinds"], gate_set, data)
+            save_partial(args.json, results, versions)
         print(f"  base edit distance {versions['base']['edit_distance']:.3f}", file=sys.stderr)
-        versions["product"] = product_round(
-            "product", model_path, chosen, to_train, gate_set, work, versions["base"], data
-        )
-        save_partial(args.json, results, versions)
+        if "product" not in versions:
+            versions["product"] = product_round(
+                "product", model_path, chosen, to_train, gate_set, work, versions["base"], data
+            )
+            save_partial(args.json, results, versions)
         print(f"  product edit distance {versions['product']['edit_distance']:.3f}", file=sys.stderr)
-
-        print(f"bare: training on {len(new)} corrections …", file=sys.stderr)
-        bare_train_result = bare_train(model_path, chosen, new, work / "bare")
-        bare_ref = ModelRef(key="bench-bare", base_model=model_path, adapter_path=str(work / "bare"), name="bare")
-        print(f"bare: drafting {len(heldout_cases)} held-out items …", file=sys.stderr)
-        versions["bare"] = measure(bare_ref, data["heldout"], data["heldout_kinds"], gate_set, data)
-        versions["bare"]["train"] = bare_train_result
-        save_partial(args.json, results, versions)
+        if "bare" not in versions:
+            print(f"bare: training on {len(new)} corrections …", file=sys.stderr)
+            bare_train_result = bare_train(model_path, chosen, new, work / "bare")
+            bare_ref = ModelRef(key="bench-bare", base_model=model_path, adapter_path=str(work / "bare"), name="bare")
+            print(f"bare: drafting {len(heldout_cases)} held-out items …", file=sys.stderr)
+            versions["bare"] = measure(bare_ref, data["heldout"], data["heldout_kinds"], gate_set, data)
+            versions["bare"]["train"] = bare_train_result
+            save_partial(args.json, results, versions)
         print(f"  bare edit distance {versions['bare']['edit_distance']:.3f}", file=sys.stderr)
-        results["versions"], results["bare_settings"] = versions, chosen.as_dict()
+        results["versions"] = versions
         summarise(results)
 
         tuned = {}
@@ -728,15 +773,17 @@ def main() -> int:
         if tuned:
             results["tuned_overrides"] = ", ".join(f"{k}={v:g}" for k, v in tuned.items())
             tuned_settings = TrainingSettings.from_dict({**chosen.as_dict(), **tuned})
-            versions["product_tuned"] = product_round(
-                "product_tuned", model_path, tuned_settings, to_train, gate_set, work, versions["base"], data
-            )
+            if "product_tuned" not in versions or versions["product_tuned"]["settings"] != tuned_settings.as_dict():
+                versions["product_tuned"] = product_round(
+                    "product_tuned", model_path, tuned_settings, to_train, gate_set, work, versions["base"], data
+                )
             # Keep "bare" last in the table.
             versions["bare"] = versions.pop("bare")
             summarise(results)
             save_partial(args.json, results, versions)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results["resumed"] = resumed
     results["loadavg"]["end"] = loadavg()
     results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     print(render(results))
