@@ -522,7 +522,7 @@ def render(results: dict) -> str:
         + ("the replayed ones (every earlier example was replayed)" if d["gate_set_trained_on"] else "not replayed"),
         "",
         "| version | training | steps | train s | edit distance, all held-out | trained kinds | unseen kinds "
-        "| fall vs base | chrF | draft words | loss, gate's forgetting set | loss, earlier held-out (Δ vs base) "
+        "| change vs base | chrF | draft words | loss, gate's forgetting set | loss, earlier held-out (Δ vs base) "
         "| gate promotes |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
