@@ -2,14 +2,16 @@
 curves, dataset snapshots with downloads. State changes go through the services (audited), never a raw save."""
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from annotations import charts, roles
-from annotations.exceptions import SoraError
+from annotations.admin import ReadOnlyAdmin
+from annotations.exceptions import InvalidInput, SoraError
 
 from . import finetuning, selectors
-from .models import ActiveModel, DatasetSnapshot, FineTuneJob, ModelVersion
+from .models import ActiveModel, DatasetSnapshot, FineTuneJob, ModelVersion, TrainingExample
 
 
 def _run(request, success: str, service, **kwargs) -> None:
@@ -147,6 +149,22 @@ class ActiveModelAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # a domain without an active model cannot get drafts
 
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+
+        class DomainCheckedForm(form):
+            def clean(self):
+                cleaned = super().clean()
+                domain = cleaned.get("domain") or (self.instance.domain if self.instance.pk else None)
+                if domain is not None and cleaned.get("version") is not None:
+                    try:
+                        finetuning.promotion_domain_check(version=cleaned["version"], domain=domain)
+                    except InvalidInput as exc:
+                        raise ValidationError({"version": exc.extra["errors"]["domain"]}) from None
+                return cleaned
+
+        return DomainCheckedForm
+
     def save_model(self, request, obj, form, change):
         from .services import activate
 
@@ -247,8 +265,21 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+@admin.register(TrainingExample)
+class TrainingExampleAdmin(ReadOnlyAdmin):
+    """What a run trains on, as it will see it: the prompt and the approved (redacted where the domain says so)
+    text. Written on approval, never edited; filter by `redacted` to check a redacting domain's examples."""
+
+    list_display = ["id", "domain", "item", "weight", "redacted", "created_at"]
+    list_filter = ["domain", "redacted"]
+    list_select_related = ["domain", "item"]
+    fields = ["domain", "item", "messages", "completion", "weight", "redacted", "content_hash", "created_at"]
+    readonly_fields = fields
+    search_fields = ["completion"]
+
+
 @admin.register(DatasetSnapshot)
-class DatasetSnapshotAdmin(admin.ModelAdmin):
+class DatasetSnapshotAdmin(ReadOnlyAdmin):
     list_display = ["id", "domain", "train_count", "heldout_count", "new_count", "short_hash", "created_at", "download"]
     list_filter = ["domain"]
     fields = ["domain", "sha256", "train_count", "heldout_count", "new_count", "created_by", "created_at", "download"]
@@ -256,15 +287,6 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return selectors.snapshot_list()
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="hash")
     def short_hash(self, snapshot: DatasetSnapshot) -> str:

@@ -65,6 +65,18 @@ class JobOutputSerializer(serializers.ModelSerializer):
         ]
 
 
+class JobSummaryOutputSerializer(JobOutputSerializer):
+    """A job in a list: its last loss instead of the whole history (the detail has that)."""
+
+    loss = serializers.SerializerMethodField()
+
+    class Meta(JobOutputSerializer.Meta):
+        fields = [field for field in JobOutputSerializer.Meta.fields if field != "loss_history"] + ["loss"]
+
+    def get_loss(self, job: FineTuneJob) -> float | None:
+        return job.loss_history[-1][1] if job.loss_history else None
+
+
 class SnapshotOutputSerializer(serializers.ModelSerializer):
     domain = serializers.CharField(source="domain.slug")
 
@@ -142,13 +154,13 @@ class JobListCreateApi(APIView):
         domain = serializers.CharField(max_length=64, required=False)
         status = serializers.ChoiceField(choices=FineTuneJob.Status.choices, required=False)
 
-    @extend_schema(parameters=[JobFilterSerializer], responses=JobOutputSerializer(many=True), summary="Jobs")
+    @extend_schema(parameters=[JobFilterSerializer], responses=JobSummaryOutputSerializer(many=True), summary="Jobs")
     def get(self, request):
         filters = self.JobFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(selectors.job_list(filters=filters.validated_data), request, view=self)
-        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+        return paginator.get_paginated_response(JobSummaryOutputSerializer(page, many=True).data)
 
     @extend_schema(
         request=JobCreateInputSerializer,

@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from annotations.exceptions import Conflict, InvalidTransition, NotFound
+from annotations.exceptions import Conflict, InvalidInput, InvalidTransition, NotFound
 from annotations.models import Domain
 from annotations.services.audit import audit_record
 from collab.events import send_event_on_commit
@@ -26,7 +26,7 @@ from collab.events import send_event_on_commit
 from . import datasets, services
 from .hyperparameters import TrainingSettings
 from .models import FineTuneJob, ModelVersion
-from .selectors import active_version_for
+from .selectors import active_version_for, version_trained_for
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +180,21 @@ def version_promote(*, version: ModelVersion, domain: Domain, user: AbstractBase
     in every worker (they read the pointer per draft)."""
     if version.status in (ModelVersion.Status.TRAINING, ModelVersion.Status.FAILED):
         raise InvalidTransition(f"The version {version.name!r} is {version.status}; it cannot serve drafts.")
+    promotion_domain_check(version=version, domain=domain)
     services.activate(version=version, domain=domain, user=user)
     audit_record(
         actor=user, verb="model.promoted", target=version, before={}, after={"domain": domain.slug, "reason": reason}
     )
+
+
+def promotion_domain_check(*, version: ModelVersion, domain: Domain) -> None:
+    """A version fine-tuned on one domain's examples does not write another domain's drafts (a base model may
+    serve any domain)."""
+    trained_for = version_trained_for(version=version)
+    if trained_for is not None and trained_for.pk != domain.pk:
+        raise InvalidInput(
+            "domain", f"{version.name!r} was fine-tuned on {trained_for.slug!r}; it cannot serve {domain.slug!r}."
+        )
 
 
 @transaction.atomic

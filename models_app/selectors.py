@@ -45,6 +45,15 @@ def domain_served_by(*, version: ModelVersion, slug: str | None) -> Domain:
     return domains[0]
 
 
+def version_trained_for(*, version: ModelVersion) -> Domain | None:
+    """The domain whose examples trained this version or one of its ancestors; None for a base model."""
+    for ancestor in reversed(version_lineage(version=version)):
+        job = FineTuneJob.objects.select_related("domain").filter(candidate=ancestor).first()
+        if job is not None:
+            return job.domain
+    return None
+
+
 def job_list(*, filters: dict) -> QuerySet[FineTuneJob]:
     jobs = FineTuneJob.objects.select_related("domain", "base_version", "candidate", "requested_by")
     if filters.get("domain"):

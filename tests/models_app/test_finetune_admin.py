@@ -7,9 +7,10 @@ from django.urls import reverse
 
 from annotations import services
 from models_app import finetuning
-from models_app.models import DatasetSnapshot, FineTuneJob, ModelVersion
+from models_app.models import ActiveModel, DatasetSnapshot, FineTuneJob, ModelVersion
 from models_app.selectors import active_version_for
-from tests.factories import ItemFactory
+from models_app.services import activate
+from tests.factories import DomainFactory, ItemFactory
 
 LEARN = {"epochs": 6, "learning_rate": 0.01, "batch_size": 4, "lora_rank": 8}
 
@@ -73,6 +74,13 @@ def test_a_manager_starts_a_run_from_the_domain_and_reads_its_curve_and_report(
     assert b'id="version-edit-distance"' in version_page and b'id="version-loss"' in version_page
     assert tiny_model.name.encode() in version_page  # its lineage
 
+    example = approved.training_examples.first()
+    example_url = reverse("admin:models_app_trainingexample_change", args=[example.pk])
+    examples = client.get(reverse("admin:models_app_trainingexample_changelist") + "?redacted__exact=0")
+    assert examples.status_code == 200 and example_url in examples.content.decode()
+    example_page = client.get(example_url).content.decode()
+    assert "Brightwater Support Team" in example_page and 'name="completion"' not in example_page  # read-only
+
     snapshots = client.get(reverse("admin:models_app_datasetsnapshot_changelist")).content.decode()
     export = reverse("dataset-export", args=[DatasetSnapshot.objects.get().pk])
     assert export in snapshots
@@ -99,6 +107,24 @@ def test_roll_back_promote_and_retire_from_the_version_list(
     action(client, "models_app_modelversion", "retire", [candidate.pk])
     candidate.refresh_from_db()
     assert candidate.status == ModelVersion.Status.RETIRED
+
+
+def test_the_active_models_page_refuses_a_version_trained_on_another_domain(
+    admin_client, staff_manager, approved, tiny_model, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        job = finetuning.finetune_job_start(domain=approved, user=staff_manager)
+    job.refresh_from_db()
+    other = DomainFactory(slug="news_draft")
+    activate(version=tiny_model, domain=other, user=None)
+    pointer = ActiveModel.objects.get(domain=other)
+
+    response = admin_client.post(  # only admins may point a domain at any version by hand
+        reverse("admin:models_app_activemodel_change", args=[pointer.pk]), {"version": job.candidate_id}
+    )
+
+    assert response.status_code == 200 and "fine-tuned on" in response.content.decode()
+    assert active_version_for(domain_id=other.pk) == tiny_model
 
 
 def test_a_refused_start_is_a_message_and_reviewers_never_reach_the_admin(

@@ -8,7 +8,8 @@ import pytest
 from annotations import services
 from models_app.models import FineTuneJob
 from models_app.selectors import active_version_for
-from tests.factories import ItemFactory
+from models_app.services import activate
+from tests.factories import DomainFactory, ItemFactory
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +74,8 @@ def test_a_manager_starts_a_job_watches_it_and_the_candidate_is_promoted(
     job = api.get(f"/api/v1/finetune-jobs/{job_id}/").json()
     assert (job["status"], job["outcome"]) == ("succeeded", "promoted"), job["error"]
     assert job["loss_history"] and job["evaluation"]["promote"] is True
+    listed = api.get("/api/v1/finetune-jobs/").json()["results"][0]
+    assert "loss_history" not in listed and listed["loss"] == job["loss_history"][-1][1]
     versions = api.get("/api/v1/models/").json()["results"]
     assert versions[0]["name"] == job["candidate"] and versions[0]["active_for"] == [approved.slug]
     assert versions[0]["parent"] == tiny_model.name
@@ -83,6 +86,13 @@ def test_a_manager_starts_a_job_watches_it_and_the_candidate_is_promoted(
     assert active_version_for(domain_id=approved.pk) == tiny_model
     response = api.post(f"/api/v1/models/{versions[0]['id']}/promote/", {"domain": approved.slug}, format="json")
     assert response.status_code == 200 and response.json()["active_for"] == [approved.slug]
+
+    # Trained on one domain's examples, it does not write another's drafts; a base model may serve any domain.
+    other = DomainFactory(slug="news_draft")
+    activate(version=tiny_model, domain=other, user=None)
+    response = api.post(f"/api/v1/models/{versions[0]['id']}/promote/", {"domain": other.slug}, format="json")
+    assert response.status_code == 400 and "fine-tuned on" in response.json()["errors"]["domain"][0]
+    assert active_version_for(domain_id=other.pk) == tiny_model
 
 
 def test_the_snapshot_a_job_trained_on_downloads_as_chat_jsonl(
