@@ -38,7 +38,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -55,6 +54,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm  # noqa: E402
+
+from bench._machine import machine_info  # noqa: E402
 
 # Quoted from PRODUCT.md §8 (Label Studio CE 1.23, claim → save loop). NOT measured by this script.
 QUOTED_LABEL_STUDIO = {
@@ -109,17 +110,6 @@ def throwaway_postgres(url: str):
     finally:
         with psycopg.connect(**conninfo, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def machine_info() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(), "os": platform.platform()}
 
 
 def parent_main(args: argparse.Namespace) -> int:

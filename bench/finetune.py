@@ -39,9 +39,7 @@ import importlib
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench._machine import git_state, loadavg, machine_info, torch_info  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sora_web.settings.local")
 
@@ -75,56 +75,6 @@ WARMUP_STEPS = 2
 # =============================================================================
 # Set-up: machine, model, examples
 # =============================================================================
-
-
-def machine_info() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-    except (ValueError, OSError):
-        pass
-    import peft
-    import transformers
-
-    device, dtype = pick_device()
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "mem_gib": mem_gib,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "device": device.type,
-        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-        "dtype": "bfloat16 autocast" if device.type == "cuda" else str(dtype).replace("torch.", ""),
-    }
-
-
-def git_state() -> dict:
-    def git(*argv: str) -> str:
-        try:
-            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False).stdout
-        except OSError:
-            return ""
-
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip() or "?", "uncommitted": changed}
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def default_model() -> str:
@@ -359,7 +309,7 @@ def main() -> int:
     results: dict = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([".venv/bin/python", *sys.argv]),
-        "machine": machine_info(),
+        "machine": {**machine_info(), **torch_info()},
         "git": git_state(),
         "loadavg": {"start": loadavg()},
         "model": model_path,

@@ -65,7 +65,6 @@ import datetime as dt
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -83,6 +82,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm  # noqa: E402
+
+from bench._machine import git_state, loadavg, machine_info  # noqa: E402
 
 DOMAIN = "customer_service"
 VARIANTS = ["product", "no_prefetch", "page_per_item"]
@@ -240,19 +241,7 @@ class DecisionFailed(RuntimeError):
 # =============================================================================
 
 
-def machine_info() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-    except (ValueError, OSError):
-        pass
+def browser_info() -> dict:
     chromium = shutil.which("chromium")
     chromium_version = ""
     if chromium:
@@ -264,27 +253,7 @@ def machine_info() -> dict:
         playwright_version = version("playwright")
     except Exception:  # noqa: BLE001 — informational only
         playwright_version = "?"
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "mem_gib": mem_gib,
-        "python": platform.python_version(),
-        "os": platform.platform(),
-        "chromium_binary": chromium,
-        "chromium": chromium_version,
-        "playwright": playwright_version,
-    }
-
-
-def git_state() -> dict:
-    def git(*argv: str) -> str:
-        try:
-            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False).stdout
-        except OSError:
-            return ""
-
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all").splitlines() if line.strip()]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip() or "?", "uncommitted": changed}
+    return {"chromium_binary": chromium, "chromium": chromium_version, "playwright": playwright_version}
 
 
 def snapshot_tree(dest: Path) -> int | None:
@@ -355,13 +324,6 @@ def summary(values: list[float]) -> dict:
         "min": min(values),
         "max": max(values),
     }
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def _python_name() -> str:
@@ -866,7 +828,7 @@ def main() -> int:
     results: dict = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([_python_name(), *sys.argv]),
-        "machine": machine_info(),
+        "machine": {**machine_info(), **browser_info()},
         "git": git_state(),
         "loadavg": {"start": loadavg()},
         "config": {

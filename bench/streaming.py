@@ -78,7 +78,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -95,6 +94,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm  # noqa: E402
+
+from bench._machine import machine_info  # noqa: E402
 
 DOMAIN = "customer_service"
 MEASURED_ITEM = "cs-0001"  # the fixed prompt
@@ -163,28 +164,6 @@ def snapshot_tree(dest: Path) -> dict | None:
             copied += 1
     changed = [line[3:] for line in dirty.stdout.splitlines() if line.strip()]
     return {"files": copied, "git_head": head.stdout.strip(), "uncommitted": changed}
-
-
-def machine_info() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-    except (ValueError, OSError):
-        pass
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "mem_gib": mem_gib,
-        "python": platform.python_version(),
-        "os": platform.platform(),
-    }
 
 
 def is_hf_model_folder(path: Path) -> bool:
