@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True)
 class TrainingSettings:
     epochs: int = 2
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4  # measured against 2e-4 by bench/learning.py (docs/benchmarks.md)
     batch_size: int = 4
     max_length: int = 768
     lora_rank: int = 16
