@@ -22,6 +22,8 @@ from annotations.exceptions import Conflict, InvalidInput, InvalidTransition, No
 from annotations.models import Domain
 from annotations.services.audit import audit_record
 from collab.events import send_event_on_commit
+from webhooks.models import Event
+from webhooks.services import event_emit
 
 from . import datasets, services
 from .hyperparameters import TrainingSettings
@@ -185,6 +187,20 @@ def version_promote(*, version: ModelVersion, domain: Domain, user: AbstractBase
     audit_record(
         actor=user, verb="model.promoted", target=version, before={}, after={"domain": domain.slug, "reason": reason}
     )
+    event_emit(event_type=Event.MODEL_PROMOTED, data=promotion_event_data(version, domain, user, reason), domain=domain)
+
+
+def promotion_event_data(version: ModelVersion, domain: Domain, user: AbstractBaseUser | None, reason: str) -> dict:
+    """The `data` of a model.promoted webhook."""
+    return {
+        "model_version": version.name,
+        "parent": version.parent.name if version.parent_id else None,
+        "domain": domain.slug,
+        "reason": reason,
+        "promoted_by": user.get_username() if user is not None and user.is_authenticated else None,
+        "promoted_at": timezone.now().isoformat(),
+        "evaluation": {k: v for k, v in version.metrics.items() if isinstance(v, (int, float, str))},
+    }
 
 
 def promotion_domain_check(*, version: ModelVersion, domain: Domain) -> None:

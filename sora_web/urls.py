@@ -13,6 +13,7 @@ api_v1 = [
     path("auth/token/", AuthTokenApi.as_view(), name="auth-token"),
     path("", include("annotations.urls")),
     path("", include("models_app.urls")),
+    path("", include("webhooks.urls")),
 ]
 
 urlpatterns = [

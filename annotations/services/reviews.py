@@ -7,6 +7,8 @@ from annotations.exceptions import InvalidInput, StaleVersion
 from annotations.models import Claim, Correction, Domain, Generation, Item, Review
 from models_app.datasets import training_example_record
 from models_app.tasks import finetune_check_soon
+from webhooks.models import Event
+from webhooks.services import event_emit, item_event_data
 
 from .audit import audit_record, item_state
 from .claims import item_status_changed, lock_leased_item
@@ -129,6 +131,10 @@ def review_submit(
     if item.status == Item.Status.APPROVED:
         training_example_record(item=item)  # redacted where the domain says so
         transaction.on_commit(lambda: finetune_check_soon(item.domain_id))
+    if item.status in (Item.Status.APPROVED, Item.Status.REJECTED):
+        # The outbox: the deliveries commit with the decision, or not at all (redacted where the domain says so).
+        event = Event.ITEM_APPROVED if item.status == Item.Status.APPROVED else Event.ITEM_REJECTED
+        event_emit(event_type=event, data=item_event_data(item=item, review=review), domain=item.domain)
     audit_record(actor=reviewer, verb=verb, target=item, before=before, after={**item_state(item), "review": review.pk})
     item_status_changed(item)
     return review

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "annotations",
     "models_app",
     "collab",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -139,6 +140,8 @@ CELERY_TASK_ROUTES = {
     "models_app.*": {"queue": "default"},
     "annotations.*": {"queue": "default"},
     "collab.*": {"queue": "default"},
+    # Sending waits on other systems' servers: its own queue, so a slow receiver never holds up the rest.
+    "webhooks.*": {"queue": "webhooks"},
 }
 # A worker takes one task at a time, so a long generation never sits on tasks queued behind it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -247,6 +250,28 @@ SORA_EVAL_MAX_ITEMS = env.int("SORA_EVAL_MAX_ITEMS", default=50)  # held-out ite
 SORA_PROMOTION_MARGIN = env.float("SORA_PROMOTION_MARGIN", default=0.02)  # edit distance the candidate must gain
 SORA_REPLAY_TOLERANCE = env.float("SORA_REPLAY_TOLERANCE", default=0.02)  # relative replay-loss regression allowed
 
+# Webhooks (PRODUCT.md §7, webhooks/services.py).
+SORA_WEBHOOK_ALLOW_PRIVATE = env.bool("SORA_WEBHOOK_ALLOW_PRIVATE", default=False)  # loopback/private receivers
+SORA_WEBHOOK_REQUIRE_HTTPS = env.bool("SORA_WEBHOOK_REQUIRE_HTTPS", default=False)  # on in production
+SORA_WEBHOOK_TIMEOUT_SECONDS = env.float("SORA_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+SORA_WEBHOOK_LOG_BYTES = env.int("SORA_WEBHOOK_LOG_BYTES", default=2048)  # of each response, in the delivery log
+# Seconds before each retry (±20% jitter): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: about 28 hours in all.
+SORA_WEBHOOK_RETRY_SCHEDULE = [
+    float(s)
+    for s in env.list("SORA_WEBHOOK_RETRY_SCHEDULE", default=["5", "300", "1800", "7200", "18000", "36000", "36000"])
+]
+SORA_WEBHOOK_COUNTDOWN_MAX_SECONDS = 300  # a longer wait is left to the sweep, not the broker
+SORA_WEBHOOK_SWEEP_GRACE_SECONDS = env.int("SORA_WEBHOOK_SWEEP_GRACE_SECONDS", default=30)
+SORA_WEBHOOK_SWEEP_BATCH = 1000
+SORA_WEBHOOK_DISABLE_AFTER_SECONDS = env.int("SORA_WEBHOOK_DISABLE_AFTER_SECONDS", default=3 * 24 * 3600)
+SORA_WEBHOOK_ROTATION_OVERLAP_SECONDS = env.int("SORA_WEBHOOK_ROTATION_OVERLAP_SECONDS", default=24 * 3600)
+
+# Who hears of trouble (a disabled webhook endpoint): SORA_ADMIN_EMAILS, sent by EMAIL_URL
+# (smtp://user:password@host:587, or consolemail:// to print them).
+ADMINS = [(address, address) for address in env.list("SORA_ADMIN_EMAILS", default=[])]
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+SERVER_EMAIL = env("SORA_SERVER_EMAIL", default="sora@localhost")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -261,4 +286,5 @@ CELERY_BEAT_SCHEDULE = {
     "generations-sweep": {"task": "annotations.generations_sweep", "schedule": 60.0},
     "finetune-check": {"task": "models_app.finetune_check", "schedule": 300.0},
     "finetune-sweep": {"task": "models_app.finetune_sweep", "schedule": 60.0},
+    "webhooks-sweep": {"task": "webhooks.deliveries_sweep", "schedule": 30.0},
 }

@@ -26,6 +26,10 @@ SORA_FINETUNE_AUTO = False
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
 
+# The tests' webhook receivers listen on loopback; the SSRF tests turn this off again.
+SORA_WEBHOOK_ALLOW_PRIVATE = True
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 
 # No collectstatic before tests.

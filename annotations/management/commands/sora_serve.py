@@ -34,7 +34,7 @@ class Command(BaseCommand):
                 children.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "celery", "-A", "sora_web", "worker", "--beat",
-                         "--loglevel", "INFO", "--concurrency", "2", "-Q", "default",
+                         "--loglevel", "INFO", "--concurrency", "2", "-Q", "default,webhooks",
                          "--hostname", "default@%h",
                          "--schedule", str(settings.DATA_DIR / "celerybeat-schedule")]
                     )
