@@ -130,7 +130,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 @admin.register(ActiveModel)
 class ActiveModelAdmin(admin.ModelAdmin):
-    """Which version writes each domain's drafts. Saving goes through models_app.services.activate (audited)."""
+    """Which version writes each domain's drafts. Saving promotes through finetuning.version_promote (audited)."""
 
     list_display = ["domain", "version", "changed_at", "changed_by"]
     list_select_related = ["domain", "version", "changed_by"]
@@ -166,9 +166,8 @@ class ActiveModelAdmin(admin.ModelAdmin):
         return DomainCheckedForm
 
     def save_model(self, request, obj, form, change):
-        from .services import activate
-
-        activate(version=obj.version, domain=obj.domain, user=request.user)
+        # A promotion like any other: audited, and the model.promoted webhook goes out.
+        finetuning.version_promote(version=obj.version, domain=obj.domain, user=request.user, reason="set in the admin")
         obj.pk = ActiveModel.objects.get(domain=obj.domain).pk  # the admin's "saved" message links to it
 
 
