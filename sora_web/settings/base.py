@@ -216,6 +216,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ItemStatusEnum": "annotations.models.Item.Status",
         "GenerationStatusEnum": "annotations.models.Generation.Status",
+        "FineTuneJobStatusEnum": "models_app.models.FineTuneJob.Status",
+        "DeliveryStatusEnum": "webhooks.models.Delivery.Status",
     },
 }
 
