@@ -7,6 +7,8 @@ import socket
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 
 
 class AddressRefused(Exception):
@@ -18,6 +20,10 @@ def url_check(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AddressRefused("The URL must be http:// or https:// with a host.")
+    try:
+        URLValidator(schemes=["http", "https"])(url)
+    except ValidationError:
+        raise AddressRefused("This is not a valid URL.") from None
     if parts.scheme != "https" and settings.SORA_WEBHOOK_REQUIRE_HTTPS:
         raise AddressRefused("The URL must use https:// (SORA_WEBHOOK_REQUIRE_HTTPS).")
     if parts.username or parts.password:

@@ -282,7 +282,7 @@ def _post(url: str, headers: dict[str, str], body: str) -> _Answer:
             return _Answer(response.status_code, text, latency_ms=latency)
     except httpx.TimeoutException:
         return _Answer(error="timeout", latency_ms=int((time.perf_counter() - started) * 1000))
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _Answer(error=f"{type(exc).__name__}: {exc}", latency_ms=int((time.perf_counter() - started) * 1000))
 
 

@@ -341,3 +341,9 @@ def test_a_delivery_is_sent_once_when_two_workers_get_its_message(endpoint, rece
 
     assert services.delivery_send(delivery_id=delivery.pk) is None
     assert receiver.requests == []
+
+
+@pytest.mark.parametrize("url", ["http://exa mple.org/hook", "http://example.org:99999/hook", "https://"])
+def test_malformed_urls_are_refused(url, manager):
+    with pytest.raises(InvalidInput, match="url"):
+        services.endpoint_create(url=url, events=["item.approved"], user=manager)
