@@ -17,7 +17,10 @@ class AddressRefused(Exception):
 
 def url_check(url: str) -> None:
     """The URL's form: http(s), a host, https where required. Raises AddressRefused."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+        raise AddressRefused("This is not a valid URL.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AddressRefused("The URL must be http:// or https:// with a host.")
     try:

@@ -10,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 from annotations.admin import ReadOnlyAdmin
 from annotations.exceptions import InvalidInput, SoraError
 
-from . import services
+from . import selectors, services
 from .models import SUBSCRIBABLE, Delivery, DeliveryAttempt, Endpoint
 
 RECENT_DELIVERIES = 20
@@ -40,7 +40,10 @@ class EndpointForm(forms.ModelForm):
 
 
 def _disabled_warning(request) -> None:
-    """Tell whoever opens the webhook pages which endpoints were switched off for failing."""
+    """Tell whoever opens the webhook pages which endpoints were switched off for failing. Only on a GET: an
+    action's POST redirects to a GET, which would show the warning a second time."""
+    if request.method != "GET":
+        return
     for endpoint in Endpoint.objects.filter(is_active=False, disabled_at__isnull=False):
         messages.warning(
             request,
@@ -104,7 +107,12 @@ class EndpointAdmin(admin.ModelAdmin):
             "description": data.get("description", ""),
         }
         if change:
-            services.endpoint_update(endpoint=obj, user=request.user, is_active=data["is_active"], **values)
+            # The form has already written its values onto `obj`: the service gets the stored row, so the audit
+            # records what it was; is_active only when it changed (turning on clears the failure record).
+            if "is_active" in form.changed_data:
+                values["is_active"] = data["is_active"]
+            stored = selectors.endpoint_get(endpoint_id=obj.pk)
+            services.endpoint_update(endpoint=stored, user=request.user, **values)
         else:
             created = services.endpoint_create(user=request.user, **values)
             obj.pk = created.pk
@@ -115,6 +123,10 @@ class EndpointAdmin(admin.ModelAdmin):
 
     def delete_model(self, request, obj):
         services.endpoint_delete(endpoint=obj, user=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for endpoint in queryset:  # "Delete selected": through the service too, so each deletion is audited
+            services.endpoint_delete(endpoint=endpoint, user=request.user)
 
     def _each(self, request, queryset, success: str, service) -> None:
         for endpoint in queryset:

@@ -64,7 +64,10 @@ class Delivery(models.Model):
     message_id = models.CharField(max_length=64, unique=True)
     body = models.TextField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, help_text="Attempts started (a sender counts its own).")
+    round_started_after = models.PositiveIntegerField(
+        default=0, help_text="Attempts before the current retry schedule began (a redelivery by hand starts one)."
+    )
     next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="Due then; empty when finished.")
     attempt_started_at = models.DateTimeField(
         null=True, blank=True, help_text="A worker is sending it (a lease: a later sender waits until it ends)."

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.mail import mail_admins
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from annotations.exceptions import InvalidInput, InvalidTransition
@@ -124,6 +124,8 @@ def endpoint_secret_rotate(*, endpoint: Endpoint, user: AbstractBaseUser | None)
 
 def endpoint_ping(*, endpoint: Endpoint, user: AbstractBaseUser | None) -> Delivery:
     """The "send test" button: a `ping` event to this endpoint alone, whatever it subscribes to."""
+    if not endpoint.is_active:
+        raise InvalidTransition("The endpoint is off; turn it on to send a test.", status="inactive")
     with transaction.atomic():
         data = {"endpoint_id": endpoint.pk, "description": endpoint.description}
         delivery = _delivery_create(endpoint=endpoint, event_type=Event.PING, data=data)
@@ -262,7 +264,7 @@ def _post(url: str, headers: dict[str, str], body: str) -> _Answer:
         "content-type": "application/json",
         "user-agent": "Sora-Webhooks/1",
     }
-    limit = settings.SORA_WEBHOOK_LOG_BYTES
+    limit, deadline = settings.SORA_WEBHOOK_LOG_BYTES, started + settings.SORA_WEBHOOK_TIMEOUT_SECONDS
     try:
         with _http_client().stream(
             "POST",
@@ -273,9 +275,9 @@ def _post(url: str, headers: dict[str, str], body: str) -> _Answer:
             timeout=settings.SORA_WEBHOOK_TIMEOUT_SECONDS,
         ) as response:
             received = b""
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_bytes():  # httpx's timeout is per read: a trickling answer is cut here
                 received += chunk
-                if len(received) >= limit:
+                if len(received) >= limit or time.perf_counter() > deadline:
                     break
             latency = int((time.perf_counter() - started) * 1000)
             text = received[:limit].decode("utf-8", errors="replace")
@@ -287,7 +289,8 @@ def _post(url: str, headers: dict[str, str], body: str) -> _Answer:
 
 
 def retry_delay(attempt: int) -> float | None:
-    """Seconds before the try after `attempt` failed tries, with ±20% jitter; None when none is left."""
+    """Seconds before the try after `attempt` failed tries of this round, with ±20% jitter; None when none is
+    left."""
     schedule = settings.SORA_WEBHOOK_RETRY_SCHEDULE
     if attempt > len(schedule):
         return None
@@ -295,7 +298,10 @@ def retry_delay(attempt: int) -> float | None:
 
 
 def delivery_send(*, delivery_id: int) -> Delivery | None:
-    """One attempt, if the delivery is due and nobody else is sending it; None otherwise."""
+    """One attempt, if the delivery is due and nobody else is sending it; None otherwise.
+
+    Taking the lease also numbers the attempt (attempts + 1 in the same UPDATE), so even a sender whose lease
+    ran out while it waited logs its own attempt; only the lease holder decides the delivery's state."""
     now = timezone.now()
     lease_gone = now - timedelta(seconds=settings.SORA_WEBHOOK_TIMEOUT_SECONDS + 30)
     taken = (
@@ -303,16 +309,16 @@ def delivery_send(*, delivery_id: int) -> Delivery | None:
             pk=delivery_id, status=Delivery.Status.PENDING, next_attempt_at__lte=now, endpoint__is_active=True
         )
         .filter(Q(attempt_started_at__isnull=True) | Q(attempt_started_at__lt=lease_gone))
-        .update(attempt_started_at=now)
+        .update(attempt_started_at=now, attempts=F("attempts") + 1)
     )
     if not taken:
         return None
     delivery = Delivery.objects.select_related("endpoint").get(pk=delivery_id)
-    endpoint, number = delivery.endpoint, delivery.attempts + 1
+    endpoint, number = delivery.endpoint, delivery.attempts
     stamp = int(now.timestamp())
     headers = signing.signed_headers(secrets_in_use(endpoint, now), delivery.message_id, stamp, delivery.body)
     answer = _post(endpoint.url, headers, delivery.body)
-    delay = None if answer.ok else retry_delay(number)
+    delay = None if answer.ok else retry_delay(number - delivery.round_started_after)
     with transaction.atomic():
         finished = timezone.now()
         DeliveryAttempt.objects.create(
@@ -329,14 +335,17 @@ def delivery_send(*, delivery_id: int) -> Delivery | None:
         else:
             status = Delivery.Status.PENDING if delay is not None else Delivery.Status.FAILED
             next_at = finished + timedelta(seconds=delay) if delay is not None else None
-        Delivery.objects.filter(pk=delivery.pk, attempt_started_at=now).update(
+        outcome = {"delivered_at": finished} if answer.ok else {}  # an earlier success stays on record
+        still_ours = Delivery.objects.filter(pk=delivery.pk, attempt_started_at=now).update(
             status=status,
-            attempts=number,
             attempt_started_at=None,
             next_attempt_at=next_at,
             last_status_code=answer.status_code,
-            delivered_at=finished if answer.ok else None,
+            **outcome,
         )
+        if not still_ours:
+            logger.warning("webhook delivery %s: attempt %s outlived its lease; logged only", delivery.pk, number)
+            delay = None
         _endpoint_health(endpoint_id=endpoint.pk, ok=answer.ok, at=now)
     if delay is not None and delay <= settings.SORA_WEBHOOK_COUNTDOWN_MAX_SECONDS:
         _dispatch(delivery.pk, countdown=delay)  # a long wait is the sweep's: brokers keep countdowns badly
@@ -389,14 +398,15 @@ def deliveries_sweep() -> dict:
 
 @transaction.atomic
 def delivery_redeliver(*, delivery_id: int, user: AbstractBaseUser | None) -> Delivery:
-    """One more attempt now, by hand, with the same webhook-id. A pending delivery keeps its retry schedule after
-    it; a finished one gets this attempt only."""
+    """Send it again now, by hand, with the same webhook-id; if that fails, the retry schedule starts over."""
     delivery = Delivery.objects.select_for_update().select_related("endpoint").get(pk=delivery_id)
     if delivery.attempt_started_at is not None:
         raise InvalidTransition("This delivery is being sent right now.", status=delivery.status)
     if not delivery.endpoint.is_active:
         raise InvalidTransition("The endpoint is disabled; turn it on first.", status=delivery.status)
-    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.PENDING, next_attempt_at=timezone.now())
+    Delivery.objects.filter(pk=delivery.pk).update(
+        status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), round_started_after=delivery.attempts
+    )
     audit_record(actor=user, verb="webhook.redelivered", target=delivery, before={"status": delivery.status})
     transaction.on_commit(lambda: _dispatch(delivery.pk))
     delivery.refresh_from_db()

@@ -9,17 +9,18 @@ from datetime import timedelta
 import pytest
 from django.core import mail
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from annotations import services as annotation_services
-from annotations.exceptions import InvalidInput
+from annotations.exceptions import InvalidInput, InvalidTransition
 from models_app import finetuning
 from models_app.models import ModelVersion
 from tests.factories import ItemFactory
 from webhooks import services
-from webhooks.models import Delivery, Endpoint
+from webhooks.models import Delivery, DeliveryAttempt, Endpoint
 
 
 @pytest.fixture
@@ -347,3 +348,54 @@ def test_a_delivery_is_sent_once_when_two_workers_get_its_message(endpoint, rece
 def test_malformed_urls_are_refused(url, manager):
     with pytest.raises(InvalidInput, match="url"):
         services.endpoint_create(url=url, events=["item.approved"], user=manager)
+
+
+def test_a_test_ping_to_an_endpoint_that_is_off_is_refused(endpoint):
+    services.endpoint_update(endpoint=endpoint, user=None, is_active=False)
+    with pytest.raises(InvalidTransition):
+        services.endpoint_ping(endpoint=endpoint, user=None)
+    assert not Delivery.objects.exists()
+
+
+def test_a_redelivery_that_fails_starts_the_retry_schedule_over_and_keeps_the_earlier_success(
+    endpoint, receiver, item, approve, django_capture_on_commit_callbacks, settings
+):
+    settings.SORA_WEBHOOK_RETRY_SCHEDULE = [60]
+    with django_capture_on_commit_callbacks(execute=True):
+        approve(item)
+    delivered_at = Delivery.objects.get().delivered_at
+    receiver.default = 500
+    with django_capture_on_commit_callbacks(execute=True):
+        services.delivery_redeliver(delivery_id=Delivery.objects.get().pk, user=None)
+
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts, delivery.delivered_at) == ("pending", 2, delivered_at)
+    assert delivery.next_attempt_at > timezone.now() + timedelta(seconds=40)  # a new round: one retry left
+
+
+@pytest.mark.django_db(transaction=True)  # the other "worker" is another connection: it must see the row
+def test_a_sender_that_outlived_its_lease_logs_its_attempt_and_leaves_the_delivery_to_the_new_holder(
+    endpoint, receiver, item, approve, settings
+):
+    approve(item)  # sent at once (autocommit here): make it due again, unsent
+    DeliveryAttempt.objects.all().delete()
+    Delivery.objects.update(status="pending", attempts=0, next_attempt_at=timezone.now())
+    delivery = Delivery.objects.get()
+    receiver.delay = 0.5
+
+    def second_worker_takes_over():
+        import time as clock
+
+        clock.sleep(0.2)  # while the first waits on the receiver, its lease is taken (as if it had run out)
+        Delivery.objects.filter(pk=delivery.pk).update(attempt_started_at=timezone.now(), attempts=F("attempts") + 1)
+
+    import threading
+
+    taker = threading.Thread(target=second_worker_takes_over)
+    taker.start()
+    services.delivery_send(delivery_id=delivery.pk)
+    taker.join()
+
+    delivery.refresh_from_db()
+    assert [a.number for a in delivery.attempt_log.all()] == [1]  # logged, no clash with the new holder's number
+    assert delivery.status == "pending" and delivery.attempt_started_at is not None  # still the new holder's
