@@ -208,19 +208,23 @@ def _delivery_create(*, endpoint: Endpoint, event_type: str, data: dict) -> Deli
     )
 
 
-def _dispatch(delivery_id: int, countdown: float | None = None) -> None:
+def _dispatch(delivery_id: int, countdown: float | None = None) -> bool:
+    """Queue the delivery; False when the broker refused. No publish retries: this runs in the request that
+    approved, which must not wait on a dead broker, and the sweep sends the due row later anyway."""
     from .tasks import deliver_task
 
     try:
-        deliver_task.apply_async((delivery_id,), countdown=countdown)
+        deliver_task.apply_async((delivery_id,), countdown=countdown, retry=False)
     except Exception:  # noqa: BLE001 — the broker is down: the row is due, and the sweep sends it later
         logger.exception("could not queue webhook delivery %s; the sweep will send it", delivery_id)
+        return False
+    return True
 
 
 # --- sending -----------------------------------------------------------------------
 
 
-class _Answer:
+class Answer:
     """What one attempt got: a status and the start of the body, or the reason there was none."""
 
     def __init__(self, status_code: int | None = None, body: str = "", error: str = "", latency_ms: int = 0):
@@ -244,14 +248,14 @@ def _http_client() -> httpx.Client:
     return _client[1]
 
 
-def _post(url: str, headers: dict[str, str], body: str) -> _Answer:
+def _post(url: str, headers: dict[str, str], body: str) -> Answer:
     """POST to the address the host resolves to now, after checking it (no DNS rebinding in between);
     the Host header and, for https, the TLS server name and certificate check stay the host's."""
     started = time.perf_counter()
     try:
         address = resolve_allowed(url)
     except AddressRefused as exc:
-        return _Answer(error=f"refused: {exc}")
+        return Answer(error=f"refused: {exc}")
     parts = urlsplit(url)
     host = f"[{address}]" if ":" in address else address
     target = urlunsplit(
@@ -281,11 +285,11 @@ def _post(url: str, headers: dict[str, str], body: str) -> _Answer:
                     break
             latency = int((time.perf_counter() - started) * 1000)
             text = received[:limit].decode("utf-8", errors="replace")
-            return _Answer(response.status_code, text, latency_ms=latency)
+            return Answer(response.status_code, text, latency_ms=latency)
     except httpx.TimeoutException:
-        return _Answer(error="timeout", latency_ms=int((time.perf_counter() - started) * 1000))
+        return Answer(error="timeout", latency_ms=int((time.perf_counter() - started) * 1000))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return _Answer(error=f"{type(exc).__name__}: {exc}", latency_ms=int((time.perf_counter() - started) * 1000))
+        return Answer(error=f"{type(exc).__name__}: {exc}", latency_ms=int((time.perf_counter() - started) * 1000))
 
 
 def retry_delay(attempt: int) -> float | None:
@@ -297,8 +301,9 @@ def retry_delay(attempt: int) -> float | None:
     return schedule[attempt - 1] * random.uniform(0.8, 1.2)
 
 
-def delivery_send(*, delivery_id: int) -> Delivery | None:
-    """One attempt, if the delivery is due and nobody else is sending it; None otherwise.
+def delivery_send(*, delivery_id: int) -> Answer | None:
+    """One attempt, if the delivery is due and nobody else is sending it: what the receiver answered; None when
+    there was nothing to send.
 
     Taking the lease also numbers the attempt (attempts + 1 in the same UPDATE), so even a sender whose lease
     ran out while it waited logs its own attempt; only the lease holder decides the delivery's state."""
@@ -346,11 +351,11 @@ def delivery_send(*, delivery_id: int) -> Delivery | None:
         if not still_ours:
             logger.warning("webhook delivery %s: attempt %s outlived its lease; logged only", delivery.pk, number)
             delay = None
-        _endpoint_health(endpoint_id=endpoint.pk, ok=answer.ok, at=now)
+        if not (answer.ok and endpoint.failing_since is None):  # a healthy endpoint answering: nothing to write
+            _endpoint_health(endpoint_id=endpoint.pk, ok=answer.ok, at=now)
     if delay is not None and delay <= settings.SORA_WEBHOOK_COUNTDOWN_MAX_SECONDS:
         _dispatch(delivery.pk, countdown=delay)  # a long wait is the sweep's: brokers keep countdowns badly
-    delivery.refresh_from_db()
-    return delivery
+    return answer
 
 
 def _endpoint_health(*, endpoint_id: int, ok: bool, at) -> None:
@@ -390,10 +395,8 @@ def deliveries_sweep() -> dict:
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[: settings.SORA_WEBHOOK_SWEEP_BATCH]
     )
-    queued = list(due)
-    for delivery_id in queued:
-        _dispatch(delivery_id)
-    return {"queued": len(queued)}
+    queued = sum(_dispatch(delivery_id) for delivery_id in due)
+    return {"queued": queued}
 
 
 @transaction.atomic

@@ -143,6 +143,10 @@ CELERY_TASK_ROUTES = {
     # Sending waits on other systems' servers: its own queue, so a slow receiver never holds up the rest.
     "webhooks.*": {"queue": "webhooks"},
 }
+# Celery's Django fixup closes the database connection before and after every task unless told to reuse it:
+# on PostgreSQL that is a new backend per task, half the CPU of a webhook delivery (docs/benchmarks.md).
+# sora_web/celery.py still drops connections that are too old or broken, as Django does after a request.
+CELERY_DB_REUSE_MAX = env.int("SORA_CELERY_DB_REUSE_MAX", default=1000)
 # A worker takes one task at a time, so a long generation never sits on tasks queued behind it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # An unacknowledged task (acks_late) goes back to the queue after this long: longer than a fine-tune run,

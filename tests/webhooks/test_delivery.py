@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from standardwebhooks import Webhook
@@ -388,6 +388,7 @@ def test_a_sender_that_outlived_its_lease_logs_its_attempt_and_leaves_the_delive
 
         clock.sleep(0.2)  # while the first waits on the receiver, its lease is taken (as if it had run out)
         Delivery.objects.filter(pk=delivery.pk).update(attempt_started_at=timezone.now(), attempts=F("attempts") + 1)
+        connection.close()  # this thread's own connection
 
     import threading
 
