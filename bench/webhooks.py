@@ -908,8 +908,8 @@ def render(results: dict) -> str:
             lines.append(
                 f"- the worker spent {statistics.median(cpu):.2f} ms CPU per delivery (all its processes) against "
                 f"{p['cpu_ms_per_delivery']:.2f} ms for delivery_send alone here: the difference is the cost of "
-                "running it as a Celery task (message, ack, signals, logging, and the new database connection "
-                "Celery's Django fixup makes every task open: it closes them before and after each task)"
+                "running it as a Celery task (message, ack, signals, logging; the database connection is kept "
+                "between tasks by CELERY_DB_REUSE_MAX)"
             )
     lines += [
         "",
