@@ -1,4 +1,4 @@
-# CPU image for web, worker and beat. The GPU variant arrives with the model runtime.
+# CPU image for web, the CPU workers, beat and migrate. Dockerfile.gpu is the gpu-worker's image.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 SORA_DATA_DIR=/data
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential && rm -rf /var/lib/apt/lists/*
