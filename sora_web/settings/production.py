@@ -4,6 +4,8 @@ from .base import *  # noqa: F403
 from .base import env, environ
 
 SECRET_KEY = env("DJANGO_SECRET_KEY")
+# Rotating the key: the old one here keeps existing sessions and signed links valid meanwhile (docs/deploy.md).
+SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 if not ALLOWED_HOSTS:
     raise environ.ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must name at least one host")
