@@ -292,6 +292,11 @@ def _post(url: str, headers: dict[str, str], body: str) -> Answer:
         return Answer(error=f"{type(exc).__name__}: {exc}", latency_ms=int((time.perf_counter() - started) * 1000))
 
 
+def lease_cutoff(now):
+    """A sending lease taken before this has run out: its sender waited past the timeout, or died."""
+    return now - timedelta(seconds=settings.SORA_WEBHOOK_TIMEOUT_SECONDS + 30)
+
+
 def retry_delay(attempt: int) -> float | None:
     """Seconds before the try after `attempt` failed tries of this round, with ±20% jitter; None when none is
     left."""
@@ -308,7 +313,7 @@ def delivery_send(*, delivery_id: int) -> Answer | None:
     Taking the lease also numbers the attempt (attempts + 1 in the same UPDATE), so even a sender whose lease
     ran out while it waited logs its own attempt; only the lease holder decides the delivery's state."""
     now = timezone.now()
-    lease_gone = now - timedelta(seconds=settings.SORA_WEBHOOK_TIMEOUT_SECONDS + 30)
+    lease_gone = lease_cutoff(now)
     taken = (
         Delivery.objects.filter(
             pk=delivery_id, status=Delivery.Status.PENDING, next_attempt_at__lte=now, endpoint__is_active=True
@@ -403,7 +408,7 @@ def deliveries_sweep() -> dict:
 def delivery_redeliver(*, delivery_id: int, user: AbstractBaseUser | None) -> Delivery:
     """Send it again now, by hand, with the same webhook-id; if that fails, the retry schedule starts over."""
     delivery = Delivery.objects.select_for_update().select_related("endpoint").get(pk=delivery_id)
-    if delivery.attempt_started_at is not None:
+    if delivery.attempt_started_at is not None and delivery.attempt_started_at > lease_cutoff(timezone.now()):
         raise InvalidTransition("This delivery is being sent right now.", status=delivery.status)
     if not delivery.endpoint.is_active:
         raise InvalidTransition("The endpoint is disabled; turn it on first.", status=delivery.status)

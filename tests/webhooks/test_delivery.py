@@ -400,3 +400,19 @@ def test_a_sender_that_outlived_its_lease_logs_its_attempt_and_leaves_the_delive
     delivery.refresh_from_db()
     assert [a.number for a in delivery.attempt_log.all()] == [1]  # logged, no clash with the new holder's number
     assert delivery.status == "pending" and delivery.attempt_started_at is not None  # still the new holder's
+
+
+def test_a_delivery_whose_sender_died_can_be_redelivered(endpoint, receiver, item, approve, settings):
+    settings.SORA_WEBHOOK_TIMEOUT_SECONDS = 1
+    approve(item)  # not sent here: its on_commit dispatch never runs
+    delivery = Delivery.objects.get()
+    Delivery.objects.filter(pk=delivery.pk).update(attempt_started_at=timezone.now())  # a sender is on it
+    with pytest.raises(InvalidTransition):
+        services.delivery_redeliver(delivery_id=delivery.pk, user=None)
+
+    # That sender died: its lease ran out (timeout + 30 s ago).
+    Delivery.objects.filter(pk=delivery.pk).update(attempt_started_at=timezone.now() - timedelta(seconds=32))
+    services.delivery_redeliver(delivery_id=delivery.pk, user=None)
+    services.delivery_send(delivery_id=delivery.pk)
+
+    assert Delivery.objects.get().status == "succeeded" and len(receiver.requests) == 1
