@@ -1,7 +1,11 @@
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.response import Response
 from rest_framework.settings import api_settings
+
+from annotations.services.audit import auth_event_record
 
 
 class AuthTokenApi(ObtainAuthToken):
@@ -18,4 +22,9 @@ class AuthTokenApi(ObtainAuthToken):
         summary="Get an API token",
     )
     def post(self, request, *args, **kwargs):
-        return super().post(request, *args, **kwargs)
+        payload = self.get_serializer(data=request.data)
+        payload.is_valid(raise_exception=True)  # a wrong password is audited by the auth signal
+        user = payload.validated_data["user"]
+        token, _ = Token.objects.get_or_create(user=user)
+        auth_event_record(verb="auth.token_issued", user=user, username=user.get_username(), request=request)
+        return Response({"token": token.key})

@@ -30,3 +30,16 @@ def item_state(item: Item) -> dict:
         "approvals": item.approvals,
         "lease_owner": item.lease_owner_id,
     }
+
+
+def auth_event_record(*, verb: str, user: AbstractBaseUser | None, username: str, request=None) -> AuditEvent:
+    """A sign-in, sign-out, failed sign-in or token issued: who (or which name was tried) and from where.
+    Never the password."""
+    address = request.META.get("REMOTE_ADDR", "") if request is not None else ""
+    return AuditEvent.objects.create(
+        actor=user if user is not None and user.is_authenticated else None,
+        verb=verb,
+        target_type="auth.user",
+        target_id=str(user.pk) if user is not None and user.pk else "",
+        after={"username": username[:150], "address": address},
+    )
