@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import json
 import multiprocessing
 import os
@@ -390,7 +391,8 @@ def emit(events: int, start: int, at_commit=None) -> tuple[list[int], dict]:
 
         transaction.on_commit(first)
         for n in range(events):
-            ids += [d.pk for d in event_emit(event_type="item.approved", data=event_data(start + n), domain=None)]
+            built = functools.partial(event_data, start + n)
+            ids += [d.pk for d in event_emit(event_type="item.approved", data=built, domain=None)]
         marks["write_s"] = time.perf_counter() - started
         transaction.on_commit(lambda: marks.update(queued=time.monotonic()))  # after the last task is queued
     return ids, marks

@@ -187,7 +187,9 @@ def version_promote(*, version: ModelVersion, domain: Domain, user: AbstractBase
     audit_record(
         actor=user, verb="model.promoted", target=version, before={}, after={"domain": domain.slug, "reason": reason}
     )
-    event_emit(event_type=Event.MODEL_PROMOTED, data=promotion_event_data(version, domain, user, reason), domain=domain)
+    event_emit(
+        event_type=Event.MODEL_PROMOTED, data=lambda: promotion_event_data(version, domain, user, reason), domain=domain
+    )
 
 
 def promotion_event_data(version: ModelVersion, domain: Domain, user: AbstractBaseUser | None, reason: str) -> dict:

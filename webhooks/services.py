@@ -13,6 +13,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
@@ -148,18 +149,18 @@ def secrets_in_use(endpoint: Endpoint, now) -> list[str]:
 # --- events ------------------------------------------------------------------------
 
 
-def event_emit(*, event_type: str, data: dict, domain: Domain | None) -> list[Delivery]:
+def event_emit(*, event_type: str, data: Callable[[], dict], domain: Domain | None) -> list[Delivery]:
     """Write one delivery per active endpoint subscribed to `event_type` (and to `domain`, when it names
-    domains) in the caller's transaction; queue them once it commits."""
-    endpoints = Endpoint.objects.filter(is_active=True).prefetch_related("domains")
-    deliveries = []
-    for endpoint in endpoints:
-        if event_type not in endpoint.events:
-            continue
-        allowed = {d.pk for d in endpoint.domains.all()}
-        if allowed and (domain is None or domain.pk not in allowed):
-            continue
-        deliveries.append(_delivery_create(endpoint=endpoint, event_type=event_type, data=data))
+    domains) in the caller's transaction; queue them once it commits. `data` builds the payload, once, and
+    only when an endpoint wants it: an approval with no subscriber pays one query, no payload (redaction)."""
+    subscribed = [
+        endpoint
+        for endpoint in Endpoint.objects.filter(is_active=True).prefetch_related("domains")
+        if event_type in endpoint.events
+        and (not endpoint.domains.all() or (domain is not None and domain in endpoint.domains.all()))
+    ]
+    payload = data() if subscribed else {}
+    deliveries = [_delivery_create(endpoint=e, event_type=event_type, data=payload) for e in subscribed]
     if deliveries:
         ids = [delivery.pk for delivery in deliveries]
         transaction.on_commit(lambda: [_dispatch(pk) for pk in ids])

@@ -134,7 +134,7 @@ def review_submit(
     if item.status in (Item.Status.APPROVED, Item.Status.REJECTED):
         # The outbox: the deliveries commit with the decision, or not at all (redacted where the domain says so).
         event = Event.ITEM_APPROVED if item.status == Item.Status.APPROVED else Event.ITEM_REJECTED
-        event_emit(event_type=event, data=item_event_data(item=item, review=review), domain=item.domain)
+        event_emit(event_type=event, data=lambda: item_event_data(item=item, review=review), domain=item.domain)
     audit_record(actor=reviewer, verb=verb, target=item, before=before, after={**item_state(item), "review": review.pk})
     item_status_changed(item)
     return review

@@ -416,3 +416,10 @@ def test_a_delivery_whose_sender_died_can_be_redelivered(endpoint, receiver, ite
     services.delivery_send(delivery_id=delivery.pk)
 
     assert Delivery.objects.get().status == "succeeded" and len(receiver.requests) == 1
+
+
+def test_an_event_nobody_subscribes_to_costs_one_query_and_builds_no_payload(db, django_assert_num_queries):
+    built = []
+    with django_assert_num_queries(1):
+        assert services.event_emit(event_type="item.approved", data=lambda: built.append(1) or {}, domain=None) == []
+    assert built == []
