@@ -205,6 +205,13 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "sora_web.api_errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Requests per token (per address for anonymous calls), counted in the cache so every web node shares them.
+    "DEFAULT_THROTTLE_CLASSES": ["sora_web.throttling.UserRateThrottle", "sora_web.throttling.AnonRateThrottle"],
+}
+# "N/s", "N/min", "N/hour" or "N/day"; empty turns the limit off. 429 with Retry-After past it.
+SORA_API_RATES = {
+    "user": env("SORA_API_RATE_USER", default="1200/min") or None,
+    "anon": env("SORA_API_RATE_ANON", default="60/min") or None,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -277,6 +284,16 @@ SORA_WEBHOOK_ROTATION_OVERLAP_SECONDS = env.int("SORA_WEBHOOK_ROTATION_OVERLAP_S
 ADMINS = [(address, address) for address in env.list("SORA_ADMIN_EMAILS", default=[])]
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 SERVER_EMAIL = env("SORA_SERVER_EMAIL", default="sora@localhost")
+
+# Sign-in throttling (sora_web/throttling.py), for the login page, the admin and the token API alike: after
+# this many failures within the window one name is refused from that address, and an address trying many names
+# is refused altogether, until the window has passed. Per name *and* address, so nobody can lock a reviewer out.
+SORA_LOGIN_FAILURES_PER_ACCOUNT = env.int("SORA_LOGIN_FAILURES_PER_ACCOUNT", default=5)
+SORA_LOGIN_FAILURES_PER_ADDRESS = env.int("SORA_LOGIN_FAILURES_PER_ADDRESS", default=30)
+SORA_LOGIN_WINDOW_SECONDS = env.int("SORA_LOGIN_WINDOW_SECONDS", default=900)
+
+# /prometheus/metrics answers a scrape that sends `Authorization: Bearer <this>`; unset, only staff signed in.
+SORA_METRICS_TOKEN = env("SORA_METRICS_TOKEN", default="")
 
 LOGGING = {
     "version": 1,
