@@ -3,11 +3,15 @@ import os
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
 
+from .heartbeats import WorkerHeartbeat
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sora_web.settings.local")
 
 app = Celery("sora")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Every worker records that it is alive, and which queues it consumes, for /prometheus/metrics.
+app.steps["worker"].add(WorkerHeartbeat)
 
 
 @task_prerun.connect

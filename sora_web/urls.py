@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from annotations import views
 from annotations.metrics_views import metrics_page
 
-from . import health
+from . import health, prometheus_views
 from .apis import AuthTokenApi
 
 api_v1 = [
@@ -30,6 +30,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("prometheus/metrics", prometheus_views.prometheus_metrics, name="prometheus-metrics"),
 ]
 
 handler400 = "sora_web.api_errors.json_handler400"
