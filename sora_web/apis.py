@@ -1,5 +1,5 @@
 from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.response import Response
@@ -7,12 +7,15 @@ from rest_framework.settings import api_settings
 
 from annotations.services.audit import auth_event_record
 
+from .throttling import login_success_record, login_wait_seconds, wait_message
+
 
 class AuthTokenApi(ObtainAuthToken):
     """`{"username", "password"}` → `{"token"}` for `Authorization: Token <key>`."""
 
     parser_classes = api_settings.DEFAULT_PARSER_CLASSES
     renderer_classes = api_settings.DEFAULT_RENDERER_CLASSES
+    throttle_classes = api_settings.DEFAULT_THROTTLE_CLASSES  # DRF's own view has none
 
     @extend_schema(
         request=inline_serializer(
@@ -22,9 +25,13 @@ class AuthTokenApi(ObtainAuthToken):
         summary="Get an API token",
     )
     def post(self, request, *args, **kwargs):
+        username = request.data.get("username") if isinstance(request.data, dict) else None
+        if isinstance(username, str) and (wait := login_wait_seconds(username, request)):
+            raise exceptions.Throttled(wait=wait, detail=wait_message(wait))
         payload = self.get_serializer(data=request.data)
         payload.is_valid(raise_exception=True)  # a wrong password is audited by the auth signal
         user = payload.validated_data["user"]
         token, _ = Token.objects.get_or_create(user=user)
+        login_success_record(user.get_username(), request)
         auth_event_record(verb="auth.token_issued", user=user, username=user.get_username(), request=request)
         return Response({"token": token.key})

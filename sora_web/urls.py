@@ -8,6 +8,9 @@ from annotations.metrics_views import metrics_page
 
 from . import health, prometheus_views
 from .apis import AuthTokenApi
+from .forms import AdminSignInForm, SignInForm
+
+admin.site.login_form = AdminSignInForm
 
 api_v1 = [
     path("auth/token/", AuthTokenApi.as_view(), name="auth-token"),
@@ -19,7 +22,7 @@ api_v1 = [
 urlpatterns = [
     path("", views.home, name="home"),
     path("admin/", admin.site.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", auth_views.LoginView.as_view(authentication_form=SignInForm), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("review/<slug:domain>/", views.review_queue, name="review-queue"),
     path("items/<id:item_id>/", views.item_review, name="item-review"),

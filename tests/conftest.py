@@ -8,6 +8,7 @@ them instead, so CI can never pass by skipping.
 
 import os
 import shutil
+import uuid
 
 import pytest
 from django.conf import settings
@@ -40,6 +41,13 @@ def pytest_runtest_setup(item):
             if marker != "sqlite" and os.environ.get("SORA_REQUIRE_SERVICES") == "1":
                 pytest.fail(f"{marker} is required (SORA_REQUIRE_SERVICES=1) but not configured")
             pytest.skip(f"needs {marker}")
+
+
+@pytest.fixture(autouse=True)
+def _cache_per_test(settings):
+    """Each test counts sign-in failures and API calls afresh: a key prefix of its own, so nothing is flushed
+    from a Redis that the broker and the channel layer share (the keys expire with their windows)."""
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex[:12]}"}}
 
 
 @pytest.fixture

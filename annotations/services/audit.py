@@ -1,3 +1,6 @@
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import models
 
@@ -43,3 +46,30 @@ def auth_event_record(*, verb: str, user: AbstractBaseUser | None, username: str
         target_id=str(user.pk) if user is not None and user.pk else "",
         after={"username": username[:150], "address": address},
     )
+
+
+# --- Who is acting, for changes recorded by signals (roles, account flags, domains: annotations/signals.py) ---
+# The admin and other views change users and domains through plain model saves, which do not know the request;
+# sora_web.security.AuditActorMiddleware names the request here, and its user is read when something is recorded.
+_current_request: ContextVar = ContextVar("sora_audit_request", default=None)
+
+
+@contextmanager
+def request_acting(request):
+    token = _current_request.set(request)
+    try:
+        yield
+    finally:
+        _current_request.reset(token)
+
+
+def current_actor() -> AbstractBaseUser | None:
+    """The signed-in user of the request being served, if any (None in a worker or a management command)."""
+    request = _current_request.get()
+    user = getattr(request, "user", None)
+    return user if user is not None and user.is_authenticated else None
+
+
+def access_change_record(*, verb: str, target: models.Model, before: dict, after: dict) -> AuditEvent:
+    """A change to who may do what (roles, account flags, domain reviewers and settings, API tokens)."""
+    return audit_record(actor=current_actor(), verb=verb, target=target, before=before, after=after)

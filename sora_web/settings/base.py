@@ -48,6 +48,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "sora_web.security.ContentSecurityPolicyMiddleware",
+    "sora_web.security.AuditActorMiddleware",
 ]
 # No inline script anywhere ('self' also admits same-origin WebSockets); the admin needs inline style attributes.
 SORA_CONTENT_SECURITY_POLICY = (
@@ -285,11 +286,14 @@ ADMINS = [(address, address) for address in env.list("SORA_ADMIN_EMAILS", defaul
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 SERVER_EMAIL = env("SORA_SERVER_EMAIL", default="sora@localhost")
 
-# Sign-in throttling (sora_web/throttling.py), for the login page, the admin and the token API alike: after
-# this many failures within the window one name is refused from that address, and an address trying many names
-# is refused altogether, until the window has passed. Per name *and* address, so nobody can lock a reviewer out.
-SORA_LOGIN_FAILURES_PER_ACCOUNT = env.int("SORA_LOGIN_FAILURES_PER_ACCOUNT", default=5)
+# Sign-in throttling (sora_web/throttling.py), for the login page, the admin and the token API alike. Failures
+# are counted per window in three ways; past any limit, sign-in is refused (even with the right password) until
+# the window has passed: one name from one address (someone guessing), one address whatever the names (someone
+# trying many accounts), one name whatever the address (a guess spread over many addresses). The last limit is
+# high, so that nobody can lock a reviewer out from somewhere else with a few wrong passwords.
+SORA_LOGIN_FAILURES_PER_NAME_AND_ADDRESS = env.int("SORA_LOGIN_FAILURES_PER_NAME_AND_ADDRESS", default=5)
 SORA_LOGIN_FAILURES_PER_ADDRESS = env.int("SORA_LOGIN_FAILURES_PER_ADDRESS", default=30)
+SORA_LOGIN_FAILURES_PER_NAME = env.int("SORA_LOGIN_FAILURES_PER_NAME", default=100)
 SORA_LOGIN_WINDOW_SECONDS = env.int("SORA_LOGIN_WINDOW_SECONDS", default=900)
 
 # /prometheus/metrics answers a scrape that sends `Authorization: Bearer <this>`; unset, only staff signed in.

@@ -19,7 +19,7 @@ def test_item_with_a_draft_is_ready_for_review(integration, customer_service):
     assert (item.external_id, item.metadata, item.priority) == ("T-1", {"order_id": "BW-1"}, 3)
     generation = Generation.objects.get(item=item)
     assert (generation.source, generation.text) == (Generation.Source.SUBMITTED, item.draft)
-    event = AuditEvent.objects.get(target_id=str(item.pk))
+    event = AuditEvent.objects.get(target_type="annotations.item", target_id=str(item.pk))
     assert (event.verb, event.actor, event.after["status"]) == ("item.submitted", integration, "ready")
 
 

@@ -50,6 +50,12 @@ def test_every_celery_queue_has_a_consumer_and_the_gpu_worker_takes_gpu_work_one
     assert "beat" in command_of(services["beat"])
 
 
+def test_web_takes_client_addresses_from_the_proxy_and_is_reachable_only_through_it(compose):
+    web = compose["services"]["web"]
+    assert command_of(web)[:2] == ["daphne", "--proxy-headers"]
+    assert all(str(port).startswith("127.0.0.1:") for port in web["ports"])
+
+
 def test_health_checks_order_the_start_and_data_lives_in_volumes(compose):
     services = compose["services"]
     for name in ("postgres", "redis", "web"):
