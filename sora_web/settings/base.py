@@ -91,7 +91,18 @@ def database_from_env(default_sqlite_path: Path) -> dict:
     config = env.db_url("DATABASE_URL", default=f"sqlite:///{default_sqlite_path}")
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
+    elif env.bool("SORA_DATABASE_POOL", default=False):
+        # The web server (sora_web/asgi.py turns this on): Django runs each request in a thread of its own, so a
+        # persistent connection is never used again and stays open until PostgreSQL runs out of connections
+        # (bench/load.py saw "too many clients" at 32 reviewers). A pool per process hands connections over instead.
+        config["CONN_MAX_AGE"] = 0
+        config.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 2,
+            "max_size": env.int("SORA_DATABASE_POOL_MAX", default=10),
+            "timeout": 10,
+        }
     else:
+        # Workers and commands: one long-lived thread each, where a persistent connection is reused.
         config.setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
         config.setdefault("CONN_HEALTH_CHECKS", True)
     return config
