@@ -5,7 +5,7 @@ permissions, a domain's reviewers and settings, API tokens. Thin: the audit serv
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
 from rest_framework.authtoken.models import Token, TokenProxy
 
@@ -72,76 +72,77 @@ def _account_after(sender, instance, created, raw=False, **kwargs) -> None:
             before={flag: before[flag] for flag in changed},
             after={flag: flags[flag] for flag in changed},
         )
-    if before["password"] != instance.password:
+    # Set by set_password(); a sign-in that only re-hashes the same password with stronger settings leaves it unset.
+    if before["password"] != instance.password and getattr(instance, "_password", None) is not None:
         access_change_record(verb="user.password_changed", target=instance, before={}, after={})  # never the hash
 
 
 @receiver(post_delete, sender=User, dispatch_uid="audit_account_deleted")
 def _account_deleted(sender, instance, **kwargs) -> None:
-    access_change_record(verb="user.deleted", target=instance, before={"username": instance.get_username()}, after={})
+    access_change_record(
+        verb="user.deleted", target=instance, before={"username": instance.get_username()}, after={},
+        gone_user_id=instance.pk,
+    )  # fmt: skip
 
 
 def _names(model, pks) -> list[str]:
     return sorted(str(obj) for obj in model.objects.filter(pk__in=pks))
 
 
-def _relation_audit(*, verb: str, instance, model, action: str, pk_set, related_name: str) -> None:
-    """One audit event per change of a many-to-many relation that grants something (roles, permissions,
-    domains to review). `clear` is read before it happens, since afterwards there is nothing left to name."""
+def _grant_audit(*, verb: str, instance, action: str, reverse: bool, model, pk_set, accessors: tuple[str, str]):
+    """One audit event per change of a many-to-many relation that grants something (roles, permissions, domains to
+    review), always on the forward side's object (the user, the group, the domain) whichever side was changed:
+    `group.user_set.add(rita)` is an event on rita. `clear` is read before it happens: afterwards there is
+    nothing left to name. `accessors`: the relation's names on the forward and on the reverse side."""
     if action == "pre_clear":
-        instance._audit_cleared = list(getattr(instance, related_name).values_list("pk", flat=True))
+        instance._audit_cleared = set(getattr(instance, accessors[reverse]).values_list("pk", flat=True))
         return
     if action == "post_clear":
-        pk_set, action = getattr(instance, "_audit_cleared", []), "post_remove"
+        pk_set, action = getattr(instance, "_audit_cleared", set()), "post_remove"
     if action not in ("post_add", "post_remove") or not pk_set:
         return
-    names = _names(model, pk_set)
-    added = action == "post_add"
-    access_change_record(
-        verb=verb, target=instance, before={} if added else {"removed": names}, after={"added": names} if added else {}
-    )
+    if reverse:
+        changes = [(target, [str(instance)]) for target in model.objects.filter(pk__in=pk_set)]
+    else:
+        changes = [(instance, _names(model, pk_set))]
+    for target, names in changes:
+        if action == "post_add":
+            access_change_record(verb=verb, target=target, before={}, after={"added": names})
+        else:
+            access_change_record(verb=verb, target=target, before={"removed": names}, after={})
 
 
 @receiver(m2m_changed, sender=User.groups.through, dispatch_uid="audit_roles")
-def _roles_changed(sender, instance, action, reverse, model, pk_set, **kwargs) -> None:
-    if reverse:  # group.user_set.add(...): one event per user, so each account's history is complete
-        if action in ("post_add", "post_remove") and pk_set:
-            for user in User.objects.filter(pk__in=pk_set):
-                _relation_audit(
-                    verb="user.roles_changed", instance=user, model=Group, action=action,
-                    pk_set={instance.pk}, related_name="groups",
-                )  # fmt: skip
-        return
-    _relation_audit(
-        verb="user.roles_changed", instance=instance, model=model, action=action, pk_set=pk_set, related_name="groups"
-    )
+def _roles_changed(sender, **kwargs) -> None:
+    _grant_audit(verb="user.roles_changed", accessors=("groups", "user_set"), **_m2m(kwargs))
 
 
 @receiver(m2m_changed, sender=User.user_permissions.through, dispatch_uid="audit_user_permissions")
-def _user_permissions_changed(sender, instance, action, reverse, model, pk_set, **kwargs) -> None:
-    if not reverse:
-        _relation_audit(
-            verb="user.permissions_changed", instance=instance, model=model, action=action, pk_set=pk_set,
-            related_name="user_permissions",
-        )  # fmt: skip
+def _user_permissions_changed(sender, **kwargs) -> None:
+    _grant_audit(verb="user.permissions_changed", accessors=("user_permissions", "user_set"), **_m2m(kwargs))
 
 
 @receiver(m2m_changed, sender=Group.permissions.through, dispatch_uid="audit_group_permissions")
-def _group_permissions_changed(sender, instance, action, reverse, model, pk_set, **kwargs) -> None:
-    if not reverse:
-        _relation_audit(
-            verb="group.permissions_changed", instance=instance, model=model, action=action, pk_set=pk_set,
-            related_name="permissions",
-        )  # fmt: skip
+def _group_permissions_changed(sender, **kwargs) -> None:
+    _grant_audit(verb="group.permissions_changed", accessors=("permissions", "group_set"), **_m2m(kwargs))
 
 
 @receiver(m2m_changed, sender=Domain.reviewers.through, dispatch_uid="audit_domain_reviewers")
-def _domain_reviewers_changed(sender, instance, action, reverse, model, pk_set, **kwargs) -> None:
-    if not reverse:
-        _relation_audit(
-            verb="domain.reviewers_changed", instance=instance, model=model, action=action, pk_set=pk_set,
-            related_name="reviewers",
-        )  # fmt: skip
+def _domain_reviewers_changed(sender, **kwargs) -> None:
+    _grant_audit(verb="domain.reviewers_changed", accessors=("reviewers", "review_domains"), **_m2m(kwargs))
+
+
+def _m2m(kwargs: dict) -> dict:
+    return {name: kwargs[name] for name in ("instance", "action", "reverse", "model", "pk_set")}
+
+
+@receiver(pre_delete, sender=Group, dispatch_uid="audit_role_deleted")
+def _role_deleted(sender, instance, **kwargs) -> None:
+    # Deleting a group drops its memberships without an m2m signal: name who lost it here.
+    members = sorted(str(user) for user in instance.user_set.all())
+    access_change_record(
+        verb="group.deleted", target=instance, before={"name": instance.name, "members": members}, after={}
+    )
 
 
 _DOMAIN_SETTINGS = [f.name for f in Domain._meta.concrete_fields if f.name not in ("id", "created_at")]
@@ -181,4 +182,7 @@ def _token_created(sender, instance, created, raw=False, **kwargs) -> None:
 @receiver(post_delete, sender=Token, dispatch_uid="audit_token_revoked")
 @receiver(post_delete, sender=TokenProxy, dispatch_uid="audit_token_proxy_revoked")
 def _token_revoked(sender, instance, **kwargs) -> None:
-    access_change_record(verb="auth.token_revoked", target=instance.user, before={}, after={})
+    # Also when its user is deleted (cascade), maybe by that very user.
+    access_change_record(
+        verb="auth.token_revoked", target=instance.user, before={}, after={}, gone_user_id=instance.user_id
+    )

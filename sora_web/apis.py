@@ -26,6 +26,9 @@ class AuthTokenApi(ObtainAuthToken):
     )
     def post(self, request, *args, **kwargs):
         username = request.data.get("username") if isinstance(request.data, dict) else None
+        # The serializer's CharField takes numbers as names too: they are held back like any other name.
+        if isinstance(username, (int, float)) and not isinstance(username, bool):
+            username = str(username)
         if isinstance(username, str) and (wait := login_wait_seconds(username, request)):
             raise exceptions.Throttled(wait=wait, detail=wait_message(wait))
         payload = self.get_serializer(data=request.data)

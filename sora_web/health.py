@@ -1,5 +1,9 @@
 """Liveness and readiness (PRODUCT.md §5): /healthz says the process answers,
-/readyz that the database, the broker and the channel layer answer too."""
+/readyz that the database, the broker and the channel layer answer too.
+
+Served by a middleware ahead of all others, not by a URL: a health check calls the process directly
+(`http://127.0.0.1:8000/readyz` inside the container), with a host that DJANGO_ALLOWED_HOSTS does not name
+and over plain http, which the production settings would answer with 400 or a redirect to https."""
 
 import logging
 
@@ -49,3 +53,14 @@ def readyz(request):
             results[name] = f"error: {type(exc).__name__}"
     ready = all(value == "ok" for value in results.values())
     return JsonResponse({"status": "ok" if ready else "unavailable", "checks": results}, status=200 if ready else 503)
+
+
+class HealthCheckMiddleware:
+    PATHS = {"/healthz": healthz, "/readyz": readyz}
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        view = self.PATHS.get(request.path_info)
+        return view(request) if view is not None else self.get_response(request)

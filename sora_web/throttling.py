@@ -1,24 +1,45 @@
 """How often anyone may try: failed sign-ins (against password guessing) and API calls per token.
 
 Counts live in Django's cache, which is Redis in production, so every web node shares them and a restart
-does not reset them. The client's address is REMOTE_ADDR only: behind the TLS proxy, Daphne's
---proxy-headers puts the real client there (docs/deploy.md); a client-sent X-Forwarded-For is never trusted.
+does not reset them. The client's address is REMOTE_ADDR, which sora_web/proxies.py sets from the TLS proxy's
+X-Forwarded-For; a header a client sends straight to the app is never believed.
 """
 
 import hashlib
+import ipaddress
 import time
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.cache.backends.redis import RedisCache
 from rest_framework.throttling import SimpleRateThrottle
 
 
 def client_address(request) -> str:
-    return request.META.get("REMOTE_ADDR", "") or "unknown"
+    """The address limits are counted for: an IPv6 client is counted per /64 network, since one host is
+    usually given a whole /64 and could otherwise take a new address for every try."""
+    address = request.META.get("REMOTE_ADDR", "")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address or "unknown"
+    if ip.version == 6 and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _count_up(key: str, timeout: int) -> int:
     """Adds one to a counter that lives `timeout` seconds from its first count; returns the new count."""
+    if isinstance(cache, RedisCache):
+        # One round trip, and never a counter without an expiry: Django's incr() is EXISTS then INCR, and a key
+        # expiring between the two would come back from INCR with no expiry, a sign-in lockout for good.
+        full_key = cache.make_and_validate_key(key)
+        with cache._cache.get_client(full_key, write=True).pipeline() as pipe:
+            count, _ = pipe.incr(full_key).expire(full_key, timeout, nx=True).execute()
+        return count
+    # The in-process cache (development, tests without Redis) is one process: add then incr cannot race away.
     if cache.add(key, 1, timeout=timeout):
         return 1
     try:
@@ -44,7 +65,7 @@ def _login_counters(username: str, address: str) -> list[tuple[str, int]]:
 
 def login_wait_seconds(username: str, request) -> int:
     """0 when this name may try to sign in from this request's address, else how many seconds until it may.
-    A refusal is audited (auth.login_throttled), so admins see an attack in the audit log."""
+    Refusals are audited (auth.login_throttled), so admins see an attack in the audit log."""
     address = client_address(request)
     counters = _login_counters(username, address)
     counts = cache.get_many([key for key, _ in counters] + [f"{key}:since" for key, _ in counters])
@@ -54,7 +75,9 @@ def login_wait_seconds(username: str, request) -> int:
         if counts.get(key, 0) >= limit:
             since = counts.get(f"{key}:since", now)
             wait = max(wait, int(since + settings.SORA_LOGIN_WINDOW_SECONDS - now) + 1)
-    if wait:
+    # Audited once per name and address and window: refusals cost an attacker no password hash, so one row each
+    # would let anyone fill the audit log.
+    if wait and cache.add(f"{counters[0][0]}:audited", 1, timeout=wait):
         # Imported here: DRF imports this module (DEFAULT_THROTTLE_CLASSES) before the apps' models are ready.
         from annotations.services.audit import auth_event_record
 

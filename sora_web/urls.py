@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from annotations import views
 from annotations.metrics_views import metrics_page
 
-from . import health, prometheus_views
+from . import prometheus_views
 from .apis import AuthTokenApi
 from .forms import AdminSignInForm, SignInForm
 
@@ -31,8 +31,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
     # The split view serves its start-up script as a file, so the page runs under the CSP (no inline script).
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
-    path("healthz", health.healthz, name="healthz"),
-    path("readyz", health.readyz, name="readyz"),
     path("prometheus/metrics", prometheus_views.prometheus_metrics, name="prometheus-metrics"),
 ]
 

@@ -70,6 +70,12 @@ def current_actor() -> AbstractBaseUser | None:
     return user if user is not None and user.is_authenticated else None
 
 
-def access_change_record(*, verb: str, target: models.Model, before: dict, after: dict) -> AuditEvent:
-    """A change to who may do what (roles, account flags, domain reviewers and settings, API tokens)."""
-    return audit_record(actor=current_actor(), verb=verb, target=target, before=before, after=after)
+def access_change_record(
+    *, verb: str, target: models.Model, before: dict, after: dict, gone_user_id: int | None = None
+) -> AuditEvent:
+    """A change to who may do what (roles, account flags, domain reviewers and settings, API tokens).
+    `gone_user_id`: a user being deleted, who cannot be the event's actor even when they deleted themselves."""
+    actor = current_actor()
+    if actor is not None and gone_user_id is not None and actor.pk == gone_user_id:
+        actor = None
+    return audit_record(actor=actor, verb=verb, target=target, before=before, after=after)

@@ -39,6 +39,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "sora_web.health.HealthCheckMiddleware",  # first: see sora_web/health.py
+    "sora_web.proxies.ForwardedForMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -306,6 +308,10 @@ SORA_LOGIN_FAILURES_PER_NAME_AND_ADDRESS = env.int("SORA_LOGIN_FAILURES_PER_NAME
 SORA_LOGIN_FAILURES_PER_ADDRESS = env.int("SORA_LOGIN_FAILURES_PER_ADDRESS", default=30)
 SORA_LOGIN_FAILURES_PER_NAME = env.int("SORA_LOGIN_FAILURES_PER_NAME", default=100)
 SORA_LOGIN_WINDOW_SECONDS = env.int("SORA_LOGIN_WINDOW_SECONDS", default=900)
+
+# Proxies whose X-Forwarded-For is believed (sora_web/proxies.py), as addresses or networks. None here: the
+# development server faces its clients directly. Production trusts loopback and the private networks.
+SORA_TRUSTED_PROXIES = env.list("SORA_TRUSTED_PROXIES", default=[])
 
 # /prometheus/metrics answers a scrape that sends `Authorization: Bearer <this>`; unset, only staff signed in.
 SORA_METRICS_TOKEN = env("SORA_METRICS_TOKEN", default="")

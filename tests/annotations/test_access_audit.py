@@ -176,3 +176,60 @@ def test_api_tokens_created_and_revoked_in_the_admin_are_audited(signed_in_admin
     [revoked] = events("auth.token_revoked", rita, since=since)
     assert created.actor == revoked.actor == admin_user
     assert token.key not in str(created.after) + str(revoked.after)
+
+
+@pytest.mark.django_db
+def test_an_admin_deleting_their_own_account_is_audited_without_an_actor(client):
+    ada = UserFactory(username="ada", is_staff=True, is_superuser=True)
+    Token.objects.create(user=ada)
+    client.force_login(ada)
+
+    response = client.post(reverse("admin:auth_user_delete", args=[ada.pk]), {"post": "yes"})
+
+    assert response.status_code == 302
+    [deleted] = AuditEvent.objects.filter(verb="user.deleted", target_id=str(ada.pk))
+    assert deleted.actor is None and deleted.before == {"username": "ada"}
+    assert AuditEvent.objects.filter(verb="auth.token_revoked", target_id=str(ada.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_a_stronger_hash_of_the_same_password_at_sign_in_is_not_a_password_change(client, settings):
+    rita = UserFactory(username="rita")
+    rita.set_password("correct horse battery staple")
+    rita.save()
+    since = last_event_id()
+    # A newer hasher first: signing in re-hashes the password with it, as after a Django upgrade.
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+        *settings.PASSWORD_HASHERS,
+    ]
+
+    client.post(reverse("login"), {"username": "rita", "password": "correct horse battery staple"})
+
+    rita.refresh_from_db()
+    assert rita.password.startswith("pbkdf2_sha256$")
+    assert not events("user.password_changed", rita, since=since)
+
+
+@pytest.mark.django_db
+def test_domains_given_from_the_users_side_are_audited_on_each_domain(domain):
+    other = domain.__class__.objects.get(slug="customer_service")
+    rita = UserFactory(username="rita", roles=[roles.REVIEWER])
+
+    rita.review_domains.add(domain, other)
+    rita.review_domains.clear()
+
+    for each in (domain, other):
+        added, removed = events("domain.reviewers_changed", each)
+        assert (added.after, removed.before) == ({"added": ["rita"]}, {"removed": ["rita"]})
+
+
+@pytest.mark.django_db
+def test_deleting_a_role_names_everyone_who_had_it():
+    group = Group.objects.create(name="auditors")
+    group.user_set.add(UserFactory(username="rita"), UserFactory(username="sam"))
+
+    group.delete()
+
+    [deleted] = AuditEvent.objects.filter(verb="group.deleted")
+    assert deleted.before == {"name": "auditors", "members": ["rita", "sam"]}

@@ -50,9 +50,9 @@ def test_every_celery_queue_has_a_consumer_and_the_gpu_worker_takes_gpu_work_one
     assert "beat" in command_of(services["beat"])
 
 
-def test_web_takes_client_addresses_from_the_proxy_and_is_reachable_only_through_it(compose):
+def test_web_is_reachable_only_through_the_proxy_on_the_host(compose):
     web = compose["services"]["web"]
-    assert command_of(web)[:2] == ["daphne", "--proxy-headers"]
+    assert "command" not in web or "--proxy-headers" not in command_of(web)  # it trusts the leftmost entry
     assert all(str(port).startswith("127.0.0.1:") for port in web["ports"])
 
 

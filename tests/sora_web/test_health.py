@@ -41,3 +41,16 @@ def test_redis_channel_layer_carries_a_message(settings):
         return message
 
     assert async_to_sync(roundtrip)() == {"type": "probe", "text": "hello"}
+
+
+@pytest.mark.django_db
+def test_the_container_health_check_is_answered_under_production_rules(client, settings):
+    """The compose health check asks http://127.0.0.1:8000/readyz: a host production does not allow, over http."""
+    settings.ALLOWED_HOSTS = ["sora.example.org"]
+    settings.SECURE_SSL_REDIRECT = True
+
+    assert client.get("/healthz", HTTP_HOST="127.0.0.1:8000").status_code == 200
+    assert client.get("/readyz", HTTP_HOST="127.0.0.1:8000").status_code in (200, 503)
+    # Everything else still obeys them.
+    assert client.get("/api/schema/", HTTP_HOST="127.0.0.1:8000").status_code == 400
+    assert client.get("/api/schema/", HTTP_HOST="sora.example.org").status_code == 301
