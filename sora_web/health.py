@@ -33,7 +33,7 @@ def _check_broker() -> None:
 
 def _check_channel_layer() -> None:
     layer = settings.CHANNEL_LAYERS["default"]
-    if layer["BACKEND"] == "channels_redis.core.RedisChannelLayer":
+    if layer["BACKEND"].startswith("channels_redis."):
         for host in layer["CONFIG"]["hosts"]:
             url = host["address"] if isinstance(host, dict) else host
             redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S).ping()

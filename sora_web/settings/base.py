@@ -124,18 +124,16 @@ EMBEDDED_REDIS_SOCKET = DATA_DIR / "redis.sock"
 USES_EMBEDDED_REDIS = not REDIS_URL
 _redis_url = REDIS_URL or f"unix://{EMBEDDED_REDIS_SOCKET}"
 
+# Redis pub/sub, not channels_redis' default list-based layer: under bench/load.py (reviewers connecting and
+# leaving all the time) the default layer lost about one status event in a hundred, a known channels_redis
+# problem (django/channels#1683); pub/sub lost none. Events are notifications either way: a client that was
+# not listening catches up from the snapshot it gets when it (re)connects (collab/events.py).
+# Pub/sub channels are server-wide, not per Redis database: two deployments sharing one Redis server need
+# different SORA_CHANNEL_PREFIX values.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {
-            # redis-py 8 times reads out after 5 s, exactly as long as channels_redis blocks in BZPOPMIN waiting
-            # for a message: on a busy machine the read lost that race and the consumer crashed (WebSocket 1011).
-            "hosts": [{"address": _redis_url, "socket_timeout": 30}],
-            # Every viewer a Daphne process serves shares one queue of this capacity, and a message past it is
-            # dropped. 50 live drafts × 10 chunks/s outran 1,500 on a busy 2-core machine (docs/benchmarks.md).
-            "capacity": 20_000,
-            "expiry": 60,
-        },
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [{"address": _redis_url}], "prefix": env("SORA_CHANNEL_PREFIX", default="sora")},
     }
 }
 

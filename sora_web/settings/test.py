@@ -2,7 +2,7 @@
 (CI requires them), SQLite and in-process stand-ins otherwise."""
 
 from .base import *  # noqa: F403
-from .base import DATA_DIR, DATABASES, REDIS_URL, env
+from .base import CHANNEL_LAYERS, DATA_DIR, DATABASES, REDIS_URL, env
 
 # Lets two test runs on one machine keep apart (e.g. SORA_TEST_DB_SUFFIX=bench).
 _suffix = env("SORA_TEST_DB_SUFFIX", default="")
@@ -18,6 +18,9 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if not REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "memory://"
+else:
+    # Pub/sub channels are shared by every database of the server: two test runs keep apart by prefix.
+    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"sora-test{_suffix}"
 
 # Tasks run inline here: an approval must not start a training run unless a test asks for one.
 SORA_FINETUNE_AUTO = False

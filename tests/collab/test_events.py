@@ -1,5 +1,7 @@
+import asyncio
+import threading
+
 import pytest
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -8,17 +10,20 @@ from collab.events import item_group
 
 
 def listen(group: str):
+    """Subscribes to `group` now; `next_message()` waits up to 2 s for what it hears. One event loop of its own
+    for the whole test: a Redis pub/sub layer's channels live in the loop that made them."""
     layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(group, channel)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def run(coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=10)
+
+    channel = run(layer.new_channel())
+    run(layer.group_add(group, channel))
 
     def next_message():
-        async def receive():
-            import asyncio
-
-            return await asyncio.wait_for(layer.receive(channel), timeout=2)
-
-        return async_to_sync(receive)()
+        return run(asyncio.wait_for(layer.receive(channel), timeout=2))
 
     return next_message
 

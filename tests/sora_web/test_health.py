@@ -29,7 +29,7 @@ def test_readyz_says_which_dependency_is_down(client, db, settings):
 
 @pytest.mark.redis
 def test_redis_channel_layer_carries_a_message(settings):
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
     layer = get_channel_layer()
 
     async def roundtrip():
