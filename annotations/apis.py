@@ -9,7 +9,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
-from rest_framework.views import APIView
+
+from sora_web.api_errors import ApiView, error_response
 
 from . import roles, selectors, services
 from .models import Generation, Item, Review
@@ -67,7 +68,7 @@ class StrictCharField(serializers.CharField):
 
 
 class GenerationOutputSerializer(serializers.ModelSerializer):
-    model_version = serializers.CharField(source="model_version.name", default=None)
+    model_version = serializers.CharField(source="model_version.name", default=None, allow_null=True)
 
     class Meta:
         model = Generation
@@ -96,7 +97,7 @@ class ReviewOutputSerializer(serializers.ModelSerializer):
 class ItemOutputSerializer(serializers.ModelSerializer):
     domain = serializers.CharField(source="domain.slug")
     approvals_required = serializers.IntegerField(source="domain.approvals_required")
-    lease_owner = serializers.CharField(source="lease_owner.username", default=None)
+    lease_owner = serializers.CharField(source="lease_owner.username", default=None, allow_null=True)
 
     class Meta:
         model = Item
@@ -136,7 +137,9 @@ class ReviewResultSerializer(ReviewOutputSerializer):
 # --- Items ------------------------------------------------------------------
 
 
-class ItemListCreateApi(APIView):
+class ItemListCreateApi(ApiView):
+    pagination_class = PageNumberPagination  # also tells the schema that the list is paginated
+
     class ItemCreateInputSerializer(serializers.Serializer):
         domain = StrictCharField(max_length=64)
         input = StrictCharField(max_length=settings.SORA_MAX_INPUT_CHARS)
@@ -164,14 +167,14 @@ class ItemListCreateApi(APIView):
         filters = self.ItemFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         items = selectors.item_list(user=request.user, filters=filters.validated_data)
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(items, request, view=self)
         return paginator.get_paginated_response(ItemOutputSerializer(page, many=True).data)
 
     @extend_schema(
         request=ItemCreateInputSerializer,
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
-        responses={201: ItemOutputSerializer, 422: OpenApiResponse(description="Idempotency-Key reused")},
+        responses={201: ItemOutputSerializer, 422: error_response("Idempotency-Key reused with another body")},
         summary="Submit work",
     )
     def post(self, request):
@@ -185,19 +188,22 @@ class ItemListCreateApi(APIView):
         return Response(ItemOutputSerializer(item).data, status=status.HTTP_201_CREATED, headers=headers)
 
 
-class ItemDetailApi(APIView):
+class ItemDetailApi(ApiView):
     @extend_schema(responses=ItemDetailOutputSerializer, summary="One item with its generations and reviews")
     def get(self, request, item_id: int):
         item = selectors.item_get_for_user(user=request.user, item_id=item_id, detail=True)
         return Response(ItemDetailOutputSerializer(item).data)
 
 
-class ItemGenerateApi(APIView):
+class ItemGenerateApi(ApiView):
     permission_classes = [HasRole.of(roles.REVIEWER, roles.MODEL_MANAGER)]
 
     @extend_schema(
         request=None,
-        responses={202: GenerationOutputSerializer},
+        responses={
+            202: GenerationOutputSerializer,
+            409: error_response("A draft is being written, another reviewer holds the item, or it is decided"),
+        },
         summary="Write a new draft with the domain's active model; it replaces the current draft when done",
     )
     def post(self, request, item_id: int):
@@ -208,7 +214,7 @@ class ItemGenerateApi(APIView):
 # --- Queue and leases -------------------------------------------------------
 
 
-class QueueClaimApi(APIView):
+class QueueClaimApi(ApiView):
     permission_classes = [HasRole.of(roles.REVIEWER)]
 
     class ClaimInputSerializer(serializers.Serializer):
@@ -228,17 +234,21 @@ class QueueClaimApi(APIView):
         return Response(ItemOutputSerializer(item).data)
 
 
-class ItemHeartbeatApi(APIView):
+class ItemHeartbeatApi(ApiView):
     permission_classes = [HasRole.of(roles.REVIEWER)]
 
-    @extend_schema(request=None, responses=ItemOutputSerializer, summary="Extend your lease")
+    @extend_schema(
+        request=None,
+        responses={200: ItemOutputSerializer, 409: error_response("You hold no live lease on it")},
+        summary="Extend your lease",
+    )
     def post(self, request, item_id: int):
         selectors.item_get_for_user(user=request.user, item_id=item_id)
         item = services.item_heartbeat(item_id=item_id, reviewer=request.user)
         return Response(ItemOutputSerializer(item).data)
 
 
-class ItemReleaseApi(APIView):
+class ItemReleaseApi(ApiView):
     permission_classes = [HasRole.of(roles.REVIEWER)]
 
     class ReleaseInputSerializer(serializers.Serializer):
@@ -246,7 +256,11 @@ class ItemReleaseApi(APIView):
             required=False, default=False, help_text="Give it to the others only: you are not offered it again."
         )
 
-    @extend_schema(request=ReleaseInputSerializer, responses=ItemOutputSerializer, summary="Give the item back")
+    @extend_schema(
+        request=ReleaseInputSerializer,
+        responses={200: ItemOutputSerializer, 409: error_response("You hold no live lease on it")},
+        summary="Give the item back",
+    )
     def post(self, request, item_id: int):
         selectors.item_get_for_user(user=request.user, item_id=item_id)
         payload = self.ReleaseInputSerializer(data=request.data)
@@ -258,7 +272,7 @@ class ItemReleaseApi(APIView):
 # --- Reviews ----------------------------------------------------------------
 
 
-class ItemReviewCreateApi(APIView):
+class ItemReviewCreateApi(ApiView):
     permission_classes = [HasRole.of(roles.REVIEWER)]
 
     class ReviewInputSerializer(serializers.Serializer):
@@ -275,7 +289,14 @@ class ItemReviewCreateApi(APIView):
                 raise serializers.ValidationError("The approved text may not be blank.")
             return value
 
-    @extend_schema(request=ReviewInputSerializer, responses={201: ReviewResultSerializer}, summary="Approve or reject")
+    @extend_schema(
+        request=ReviewInputSerializer,
+        responses={
+            201: ReviewResultSerializer,
+            409: error_response("A stale `version`, or no live lease: nothing was written"),
+        },
+        summary="Approve or reject",
+    )
     def post(self, request, item_id: int):
         selectors.item_get_for_user(user=request.user, item_id=item_id)
         payload = self.ReviewInputSerializer(data=request.data)

@@ -6,10 +6,10 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from annotations import roles
 from annotations.apis import HasRole, StrictCharField, storable_json
+from sora_web.api_errors import ApiView, error_response
 
 from . import datasets, finetuning, selectors
 from .hyperparameters import TrainingSettings
@@ -19,7 +19,7 @@ ManagerOnly = HasRole.of(roles.MODEL_MANAGER)
 
 
 class VersionOutputSerializer(serializers.ModelSerializer):
-    parent = serializers.CharField(source="parent.name", default=None)
+    parent = serializers.CharField(source="parent.name", default=None, allow_null=True)
     active_for = serializers.SerializerMethodField()
 
     class Meta:
@@ -34,8 +34,8 @@ class VersionOutputSerializer(serializers.ModelSerializer):
 class JobOutputSerializer(serializers.ModelSerializer):
     domain = serializers.CharField(source="domain.slug")
     base_version = serializers.CharField(source="base_version.name")
-    candidate = serializers.CharField(source="candidate.name", default=None)
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    candidate = serializers.CharField(source="candidate.name", default=None, allow_null=True)
+    requested_by = serializers.CharField(source="requested_by.username", default=None, allow_null=True)
 
     class Meta:
         model = FineTuneJob
@@ -92,20 +92,25 @@ class DomainInputSerializer(serializers.Serializer):
 # --- versions ----------------------------------------------------------------------
 
 
-class ModelListApi(APIView):
+class ModelListApi(ApiView):
     permission_classes = [ManagerOnly]
+    pagination_class = PageNumberPagination  # also tells the schema that the list is paginated
 
     @extend_schema(responses=VersionOutputSerializer(many=True), summary="Model versions, newest first")
     def get(self, request):
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.version_list(), request, view=self)
         return paginator.get_paginated_response(VersionOutputSerializer(page, many=True).data)
 
 
-class ModelPromoteApi(APIView):
+class ModelPromoteApi(ApiView):
     permission_classes = [ManagerOnly]
 
-    @extend_schema(request=DomainInputSerializer, responses=VersionOutputSerializer, summary="Make it a domain's model")
+    @extend_schema(
+        request=DomainInputSerializer,
+        responses={200: VersionOutputSerializer, 409: error_response("The version is training or failed")},
+        summary="Make it a domain's model",
+    )
     def post(self, request, version_id: int):
         payload = DomainInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -115,7 +120,7 @@ class ModelPromoteApi(APIView):
         return Response(VersionOutputSerializer(selectors.version_get(version_id=version_id)).data)
 
 
-class ModelRollbackApi(APIView):
+class ModelRollbackApi(ApiView):
     permission_classes = [ManagerOnly]
 
     class RollbackInputSerializer(serializers.Serializer):
@@ -123,7 +128,7 @@ class ModelRollbackApi(APIView):
 
     @extend_schema(
         request=RollbackInputSerializer,
-        responses=VersionOutputSerializer,
+        responses={200: VersionOutputSerializer, 409: error_response("The active version has no parent")},
         summary="Point the domain this version serves back at its parent; returns the parent",
     )
     def post(self, request, version_id: int):
@@ -138,8 +143,9 @@ class ModelRollbackApi(APIView):
 # --- fine-tune jobs ------------------------------------------------------------------
 
 
-class JobListCreateApi(APIView):
+class JobListCreateApi(ApiView):
     permission_classes = [ManagerOnly]
+    pagination_class = PageNumberPagination  # also tells the schema that the list is paginated
 
     class JobCreateInputSerializer(serializers.Serializer):
         domain = StrictCharField(max_length=64)
@@ -158,13 +164,16 @@ class JobListCreateApi(APIView):
     def get(self, request):
         filters = self.JobFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.job_list(filters=filters.validated_data), request, view=self)
         return paginator.get_paginated_response(JobSummaryOutputSerializer(page, many=True).data)
 
     @extend_schema(
         request=JobCreateInputSerializer,
-        responses={201: JobOutputSerializer, 409: OpenApiResponse(description="A job is running, or no data")},
+        responses={
+            201: JobOutputSerializer,
+            409: error_response("A job is running, there is no data, or no active model to start from"),
+        },
         summary="Start a fine-tune job for a domain",
     )
     def post(self, request):
@@ -177,7 +186,7 @@ class JobListCreateApi(APIView):
         return Response(JobOutputSerializer(selectors.job_get(job_id=job.pk)).data, status=status.HTTP_201_CREATED)
 
 
-class JobDetailApi(APIView):
+class JobDetailApi(ApiView):
     permission_classes = [ManagerOnly]
 
     @extend_schema(responses=JobOutputSerializer, summary="A job: status, step, loss history, evaluation")
@@ -185,10 +194,14 @@ class JobDetailApi(APIView):
         return Response(JobOutputSerializer(selectors.job_get(job_id=job_id)).data)
 
 
-class JobCancelApi(APIView):
+class JobCancelApi(ApiView):
     permission_classes = [ManagerOnly]
 
-    @extend_schema(request=None, responses=JobOutputSerializer, summary="Cancel (a running job stops at its next step)")
+    @extend_schema(
+        request=None,
+        responses={200: JobOutputSerializer, 409: error_response("The job has finished")},
+        summary="Cancel (a running job stops at its next step)",
+    )
     def post(self, request, job_id: int):
         selectors.job_get(job_id=job_id)
         finetuning.finetune_job_cancel(job_id=job_id, user=request.user)
@@ -198,17 +211,18 @@ class JobCancelApi(APIView):
 # --- dataset snapshots -------------------------------------------------------------
 
 
-class SnapshotListApi(APIView):
+class SnapshotListApi(ApiView):
     permission_classes = [ManagerOnly]
+    pagination_class = PageNumberPagination  # also tells the schema that the list is paginated
 
     @extend_schema(responses=SnapshotOutputSerializer(many=True), summary="Dataset snapshots, newest first")
     def get(self, request):
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.snapshot_list(), request, view=self)
         return paginator.get_paginated_response(SnapshotOutputSerializer(page, many=True).data)
 
 
-class SnapshotExportApi(APIView):
+class SnapshotExportApi(ApiView):
     permission_classes = [ManagerOnly]
 
     @extend_schema(

@@ -2,6 +2,9 @@
 
 {"detail": "<human-readable message>", "code": "<machine code>",
  "errors": {"<field>": ["<message>", ...]}}   # validation errors only
+
+`ApiView` documents it in the OpenAPI schema: every view answers with these errors, so every operation lists them
+(clients and the fuzzer, tests/fuzz, read the schema).
 """
 
 import logging
@@ -10,8 +13,11 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import OperationalError
 from django.http import Http404, JsonResponse
 from django.views import defaults
-from rest_framework import exceptions, status
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
+from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from annotations.exceptions import SoraError
@@ -77,3 +83,69 @@ def json_handler500(request):
     if not _is_api(request):
         return defaults.server_error(request)
     return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)
+
+
+# --- the errors in the OpenAPI schema ----------------------------------------------------------
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The error answer of every API view (above). Conflicts may add what the client needs to recover, e.g. the
+    item's current `status` and `version`."""
+
+    detail = serializers.CharField(help_text="What went wrong, for people.")
+    code = serializers.CharField(help_text="What went wrong, for programs: invalid, not_found, stale_version …")
+    errors = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text="Validation errors only: each field's messages (a list, or for a nested field its own errors).",
+    )
+
+
+def error_response(description: str) -> OpenApiResponse:
+    """A documented error answer of one operation (409, 422 …), with the error body."""
+    return OpenApiResponse(ErrorSerializer, description=description)
+
+
+class ApiSchema(AutoSchema):
+    """drf-spectacular's schema plus the errors any API view may answer with, where they can happen:
+
+    - 400 where there is a request body or query parameters to get wrong, 415 where a body is read;
+    - 401 and 403 everywhere (no or a bad token; a role or domain the user lacks, or a session without CSRF);
+    - 404 where the path names a row, and on lists (a page past the end);
+    - 429 everywhere (SORA_API_RATES) and 503 everywhere (SQLite's write lock is busy, exception_handler above).
+
+    Errors a view declares itself (409, 422) keep their description and get the error body too."""
+
+    def _error_codes(self) -> dict[int, str]:
+        codes = {
+            401: "Not signed in, or the token is not valid.",
+            403: "The user's role or domains do not allow this.",
+            429: "Too many requests; retry after the Retry-After header's seconds.",
+            503: "The database is busy; retry shortly.",
+        }
+        has_body = self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None
+        query = [p for p in self._get_parameters() if p.get("in") == "query"]
+        if has_body or query:
+            codes[400] = "The request is not valid; `errors` names the fields."
+        if has_body:
+            codes[415] = "The body is not JSON (Content-Type: application/json)."
+        if "{" in self.path or (self._get_paginator() is not None and self._is_list_view()):
+            codes[404] = "Not found, or not visible to this user."
+        return codes
+
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        for code, response in responses.items():
+            if int(code) >= 400 and "content" not in response:
+                responses[code] = {**response, **self._get_response_for_code(ErrorSerializer, code)}
+                responses[code]["description"] = response["description"]
+        for code, description in sorted(self._error_codes().items()):
+            if str(code) not in responses:
+                responses[str(code)] = self._get_response_for_code(error_response(description), str(code))
+        return responses
+
+
+class ApiView(APIView):
+    """The base of the API's views: their schema documents the errors they answer with (ApiSchema)."""
+
+    schema = ApiSchema()

@@ -2,11 +2,13 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
 from annotations.services.audit import auth_event_record
 
+from .api_errors import ApiSchema
 from .throttling import login_success_record, login_wait_seconds, wait_message
 
 
@@ -15,7 +17,11 @@ class AuthTokenApi(ObtainAuthToken):
 
     parser_classes = api_settings.DEFAULT_PARSER_CLASSES
     renderer_classes = api_settings.DEFAULT_RENDERER_CLASSES
+    schema = ApiSchema()  # ObtainAuthToken is not an ApiView: its errors are documented the same way
     throttle_classes = api_settings.DEFAULT_THROTTLE_CLASSES  # DRF's own view has none
+    # Anyone, as in DRF's view (which says so with an empty list); AllowAny also tells the schema that no
+    # credentials are needed to get a token.
+    permission_classes = [AllowAny]
 
     @extend_schema(
         request=inline_serializer(

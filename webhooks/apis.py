@@ -1,13 +1,13 @@
 """REST API v1 for webhook endpoints and their delivery log (PRODUCT.md §5, §7). Views only parse, call, shape."""
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from annotations import roles
 from annotations.apis import HasRole, StrictCharField
+from sora_web.api_errors import ApiView, error_response
 
 from . import selectors, services
 from .models import SUBSCRIBABLE, Delivery, DeliveryAttempt, Endpoint, Event
@@ -67,12 +67,13 @@ class EndpointUpdateSerializer(serializers.Serializer):
     is_active = serializers.BooleanField(required=False)
 
 
-class EndpointListCreateApi(APIView):
+class EndpointListCreateApi(ApiView):
     permission_classes = [ManagerOnly]
+    pagination_class = PageNumberPagination  # also tells the schema that the list is paginated
 
     @extend_schema(responses=EndpointOutputSerializer(many=True), summary="Webhook endpoints")
     def get(self, request):
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.endpoint_list(), request, view=self)
         return paginator.get_paginated_response(EndpointOutputSerializer(page, many=True).data)
 
@@ -89,7 +90,7 @@ class EndpointListCreateApi(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class EndpointDetailApi(APIView):
+class EndpointDetailApi(ApiView):
     permission_classes = [ManagerOnly]
 
     @extend_schema(responses=EndpointOutputSerializer, summary="A webhook endpoint")
@@ -114,7 +115,7 @@ class EndpointDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class EndpointRotateSecretApi(APIView):
+class EndpointRotateSecretApi(ApiView):
     permission_classes = [ManagerOnly]
 
     @extend_schema(
@@ -129,10 +130,14 @@ class EndpointRotateSecretApi(APIView):
         return Response(EndpointWithSecretOutputSerializer(selectors.endpoint_get(endpoint_id=endpoint.pk)).data)
 
 
-class EndpointTestApi(APIView):
+class EndpointTestApi(ApiView):
     permission_classes = [ManagerOnly]
 
-    @extend_schema(request=None, responses={202: DeliveryOutputSerializer}, summary="Send a `ping` event now")
+    @extend_schema(
+        request=None,
+        responses={202: DeliveryOutputSerializer, 409: error_response("The endpoint is off")},
+        summary="Send a `ping` event now",
+    )
     def post(self, request, endpoint_id: int):
         endpoint = selectors.endpoint_get(endpoint_id=endpoint_id)
         delivery = services.endpoint_ping(endpoint=endpoint, user=request.user)
@@ -142,8 +147,9 @@ class EndpointTestApi(APIView):
         )
 
 
-class DeliveryListApi(APIView):
+class DeliveryListApi(ApiView):
     permission_classes = [ManagerOnly]
+    pagination_class = PageNumberPagination  # also tells the schema that the list is paginated
 
     class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Delivery.Status.choices, required=False)
@@ -158,13 +164,13 @@ class DeliveryListApi(APIView):
         endpoint = selectors.endpoint_get(endpoint_id=endpoint_id)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         deliveries = selectors.delivery_list(endpoint=endpoint, filters=filters.validated_data)
         page = paginator.paginate_queryset(deliveries, request, view=self)
         return paginator.get_paginated_response(DeliveryOutputSerializer(page, many=True).data)
 
 
-class DeliveryDetailApi(APIView):
+class DeliveryDetailApi(ApiView):
     permission_classes = [ManagerOnly]
 
     @extend_schema(responses=DeliveryOutputSerializer, summary="A delivery and its attempts")
@@ -172,12 +178,12 @@ class DeliveryDetailApi(APIView):
         return Response(DeliveryOutputSerializer(selectors.delivery_get(delivery_id=delivery_id)).data)
 
 
-class DeliveryRedeliverApi(APIView):
+class DeliveryRedeliverApi(ApiView):
     permission_classes = [ManagerOnly]
 
     @extend_schema(
         request=None,
-        responses={202: DeliveryOutputSerializer, 409: OpenApiResponse(description="Being sent, or endpoint off")},
+        responses={202: DeliveryOutputSerializer, 409: error_response("Being sent, or the endpoint is off")},
         summary="Send it again now, with the same webhook-id",
     )
     def post(self, request, delivery_id: int):
