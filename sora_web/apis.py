@@ -12,6 +12,10 @@ from .api_errors import ApiSchema
 from .throttling import login_success_record, login_wait_seconds, wait_message
 
 
+class UsernameInput(serializers.Serializer):
+    username = serializers.CharField()  # DRF's CharField refuses NUL and surrogate characters
+
+
 class AuthTokenApi(ObtainAuthToken):
     """`{"username", "password"}` → `{"token"}` for `Authorization: Token <key>`."""
 
@@ -35,6 +39,10 @@ class AuthTokenApi(ObtainAuthToken):
         # The serializer's CharField takes numbers as names too: they are held back like any other name.
         if isinstance(username, (int, float)) and not isinstance(username, bool):
             username = str(username)
+        if isinstance(username, str):
+            # The name's form first, as the sign-in page's form does: the throttle hashes the name and audits it
+            # as typed, and a NUL or a lone surrogate (which no account's name holds) was a 500 there.
+            UsernameInput(data={"username": username}).is_valid(raise_exception=True)
         if isinstance(username, str) and (wait := login_wait_seconds(username, request)):
             raise exceptions.Throttled(wait=wait, detail=wait_message(wait))
         payload = self.get_serializer(data=request.data)

@@ -3,6 +3,8 @@ address, never the password."""
 
 import json
 
+import pytest
+
 from annotations.models import AuditEvent
 from tests.factories import UserFactory
 
@@ -43,3 +45,23 @@ def test_api_tokens_issued_and_refused_are_audited(api, db):
     assert [e.after["username"] for e in audit("auth.login_failed")] == ["helpdesk-bot"]
     [token_event] = audit("auth.token_issued")
     assert token_event.actor == user and issued.json()["token"] not in json.dumps(token_event.after)
+
+
+TOKEN = "/api/v1/auth/token/"
+
+
+@pytest.mark.parametrize("typed", [r"nul\u0000name", r"lone\udc00surrogate"], ids=["nul", "lone-surrogate"])
+@pytest.mark.parametrize("held_back", [False, True], ids=["free", "address-held-back"])
+def test_a_name_that_is_not_text_is_refused_by_name_before_the_throttle(api, db, settings, typed, held_back):
+    # Found by the fuzzer (tests/fuzz): the throttle hashed and audited the name as typed, so a lone surrogate was
+    # a 500 on both databases and a NUL one on PostgreSQL (its jsonb refuses it) once the address was held back.
+    settings.SORA_LOGIN_FAILURES_PER_ADDRESS = 1 if held_back else 100
+    if held_back:
+        api.post(TOKEN, {"username": "someone", "password": "wrong"}, format="json")  # the address's one failure
+    body = ('{"username": "' + typed + '", "password": "wrong"}').encode()
+
+    response = api.generic("POST", TOKEN, data=body, content_type="application/json")
+
+    assert response.status_code == 400, response.content
+    assert list(response.json()["errors"]) == ["username"]
+    assert audit("auth.login_throttled") == []
