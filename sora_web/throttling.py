@@ -55,7 +55,7 @@ def _count_up(key: str, timeout: int) -> int:
 def _login_counters(username: str, address: str) -> list[tuple[str, int]]:
     """(cache key, limit) for each way failures are counted (sora_web/settings/base.py explains the three)."""
     # Hashed: a name tried can be any text, and a cache key must stay short and plain.
-    name = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
+    name = hashlib.sha256(username.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return [
         (f"login-failures:name-address:{name}:{address}", settings.SORA_LOGIN_FAILURES_PER_NAME_AND_ADDRESS),
         (f"login-failures:address:{address}", settings.SORA_LOGIN_FAILURES_PER_ADDRESS),
