@@ -98,7 +98,7 @@ if str(ROOT) not in sys.path:
 from tqdm import tqdm  # noqa: E402
 
 from bench._machine import git_state, loadavg, machine_info  # noqa: E402
-from bench.claims import throwaway_postgres, throwaway_sqlite  # noqa: E402
+from bench.claims import lat_summary, throwaway_postgres, throwaway_sqlite  # noqa: E402
 from bench.streaming import snapshot_tree  # noqa: E402
 
 DOMAINS = ("customer_service", "news_draft")  # one approval each: an approval decides the item
@@ -872,18 +872,6 @@ async def run_level(
 # =============================================================================
 # Summaries and the report
 # =============================================================================
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
-
-
-def lat_summary(seconds: list[float]) -> dict | None:
-    if not seconds:
-        return None
-    ms = [v * 1000 for v in seconds]
-    return {"n": len(ms), "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99), "max": max(ms)}
 
 
 def summarise_level(reviewers: int, watchers: int, rec: Recorder, marks: dict, duration: float) -> dict:
