@@ -32,6 +32,10 @@ class Domain(models.Model):
     finetune_threshold = models.PositiveIntegerField(
         default=50, help_text="New approved examples that start a fine-tune run."
     )
+    retrieval_examples = models.PositiveSmallIntegerField(
+        default=2,
+        help_text="Approved examples most like the new input shown to the model in each prompt (0: none).",
+    )
     reviewers = models.ManyToManyField(
         settings.AUTH_USER_MODEL,
         blank=True,

@@ -303,7 +303,7 @@ def main() -> int:
 
     # What a fine-tune job gets: the defaults, SORA_FINETUNE_DEFAULTS over them, one epoch of N × B examples.
     product_settings = TrainingSettings.from_dict(
-        {**django_settings.SORA_FINETUNE_DEFAULTS, "batch_size": args.batch_size, "epochs": 1}
+        {**django_settings.SORA_FINETUNE_DEFAULTS, "batch_size": args.batch_size, "epochs": 1, "min_steps": 0}
     )
     device, _ = pick_device()
     results: dict = {

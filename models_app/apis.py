@@ -85,10 +85,6 @@ class SnapshotOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "domain", "sha256", "train_count", "heldout_count", "new_count", "created_at"]
 
 
-class DomainInputSerializer(serializers.Serializer):
-    domain = StrictCharField(max_length=64)
-
-
 # --- versions ----------------------------------------------------------------------
 
 
@@ -106,16 +102,23 @@ class ModelListApi(ApiView):
 class ModelPromoteApi(ApiView):
     permission_classes = [ManagerOnly]
 
+    class PromoteInputSerializer(serializers.Serializer):
+        domain = StrictCharField(
+            max_length=64,
+            required=False,
+            help_text="The domain it is to serve. May be left out for a version fine-tuned on one domain: that one.",
+        )
+
     @extend_schema(
-        request=DomainInputSerializer,
+        request=PromoteInputSerializer,
         responses={200: VersionOutputSerializer, 409: error_response("The version is training or failed")},
-        summary="Make it a domain's model",
+        summary="Make it a domain's model (by default the domain it was fine-tuned on)",
     )
     def post(self, request, version_id: int):
-        payload = DomainInputSerializer(data=request.data)
+        payload = self.PromoteInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         version = selectors.version_get(version_id=version_id)
-        domain = selectors.domain_get(slug=payload.validated_data["domain"])
+        domain = selectors.domain_to_promote_to(version=version, slug=payload.validated_data.get("domain"))
         finetuning.version_promote(version=version, domain=domain, user=request.user, reason="promoted by hand")
         return Response(VersionOutputSerializer(selectors.version_get(version_id=version_id)).data)
 

@@ -7,6 +7,12 @@
   learnt from.
 - A snapshot is a manifest of (example id, content hash, split) with its sha256; examples are
   immutable, so the manifest pins exactly what a run saw.
+- What an approval teaches (TrainingExample.origin): a corrected draft is new data with weight 2;
+  a draft a person wrote (submitted with the item) approved as it was, weight 1; the model's own
+  draft approved unchanged, weight 0: it shows the model what it already does, so it neither counts
+  towards the fine-tune threshold nor trains as new data, nor is it an example in prompts or in the
+  gate's decision set. It is replay material: the model's own behaviour, approved by a person
+  (finetune_runner.training_examples).
 """
 
 import hashlib
@@ -16,16 +22,21 @@ from collections.abc import Iterator
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Max
 
-from annotations.models import Domain, Item
+from annotations.models import Domain, Generation, Item
 from annotations.redaction import redact, redact_metadata
 
 from .inference.prompts import build_messages
 from .models import DatasetSnapshot, TrainingExample
 
 TRAIN, HELDOUT = "train", "heldout"
-# Corrected drafts teach more than drafts approved as they were.
-EDITED_WEIGHT, UNEDITED_WEIGHT = 2.0, 1.0
+# Loss weight as new data, by origin (the module's docstring says why).
+ORIGIN_WEIGHTS = {
+    TrainingExample.Origin.CORRECTED: 2.0,
+    TrainingExample.Origin.WRITTEN: 1.0,
+    TrainingExample.Origin.ACCEPTED: 0.0,
+}
 
 
 def example_split(item_id: int) -> str:
@@ -36,6 +47,19 @@ def example_split(item_id: int) -> str:
 def _content_hash(messages: list[dict], completion: str) -> str:
     payload = json.dumps({"messages": messages, "completion": completion}, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def approval_origin(item: Item) -> str:
+    """What the item's approval taught: a correction, a person's text approved, or the model's draft accepted."""
+    if item.final_text != item.draft:
+        return TrainingExample.Origin.CORRECTED
+    model_text = (
+        item.generations.filter(status=Generation.Status.DONE, source=Generation.Source.MODEL)
+        .order_by("-id")
+        .values_list("text", flat=True)
+        .first()
+    )
+    return TrainingExample.Origin.ACCEPTED if model_text == item.draft else TrainingExample.Origin.WRITTEN
 
 
 def training_example_record(*, item: Item) -> TrainingExample:
@@ -52,12 +76,14 @@ def training_example_record(*, item: Item) -> TrainingExample:
     messages = build_messages(
         system_prompt=domain.system_prompt, prompt_template=domain.prompt_template, input=input_text, metadata=metadata
     )
+    origin = approval_origin(item)
     return TrainingExample.objects.create(
         domain=domain,
         item=item,
         messages=messages,
         completion=completion,
-        weight=EDITED_WEIGHT if item.final_text != item.draft else UNEDITED_WEIGHT,
+        origin=origin,
+        weight=ORIGIN_WEIGHTS[origin],
         redacted=domain.redact_identifiers,
         content_hash=_content_hash(messages, completion),
     )
@@ -86,18 +112,30 @@ def _trained_ids(domain: Domain, before: DatasetSnapshot | None = None) -> set[i
     return {entry[0] for entry in last.snapshot.manifest} if last else set()
 
 
-def _usable(domain: Domain):
-    examples = TrainingExample.objects.filter(domain=domain)
-    if domain.redact_identifiers:
+def usable_examples(*, domain_id: int):
+    """The domain's examples that may reach a training set or a prompt."""
+    examples = TrainingExample.objects.filter(domain_id=domain_id)
+    if Domain.objects.filter(pk=domain_id, redact_identifiers=True).exists():
         # Recorded while the domain did not redact: they never reach a training set of a domain that does.
         examples = examples.filter(redacted=True)
     return examples
 
 
+def _usable(domain: Domain):
+    return usable_examples(domain_id=domain.pk)
+
+
 def new_examples_count(*, domain: Domain) -> int:
-    """Examples no finished run has trained on yet: what the fine-tune threshold counts."""
+    """Examples that teach something (weight > 0) and no finished run has trained on yet: what the fine-tune
+    threshold counts."""
     trained = _trained_ids(domain)
-    return sum(1 for example_id in _usable(domain).values_list("id", flat=True) if example_id not in trained)
+    teaching = _usable(domain).filter(weight__gt=0).values_list("id", flat=True)
+    return sum(1 for example_id in teaching if example_id not in trained)
+
+
+def last_approval_at(*, domain: Domain):
+    """When the domain's newest example was recorded (its item approved), or None."""
+    return _usable(domain).aggregate(newest=Max("created_at"))["newest"]
 
 
 def snapshot_create(*, domain: Domain, user: AbstractBaseUser | None = None) -> DatasetSnapshot:

@@ -9,15 +9,22 @@ generation does, through the same backend) and are scored against the approved t
 - loss on a replay set of earlier examples (mean completion-token loss; lower is better): a
   candidate that forgot earlier data is refused even if it does better on the new.
 
-The candidate is promoted when its edit distance is lower by at least `margin` and its replay
-loss is no more than `replay_tolerance` (relative) above the active version's.
+The approved text is cut to the drafts' own token limit before it is scored: a draft cannot be
+longer than max_new_tokens, so the part of a reference beyond it is not held against either version.
+
+The candidate is promoted when, on the same held-out items, its edit distance is lower by at least
+`margin` on average, the 95% confidence interval of that paired gain lies above zero, and its replay
+loss is no more than `replay_tolerance` (relative) above the active version's. Too few items and the
+gate does not decide at all (finetune_runner: SORA_EVAL_MIN_ITEMS).
 """
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from scipy import stats
 
 from annotations.diffing import word_edit_distance
 
@@ -55,9 +62,16 @@ class Scores:
     chrf: float
     replay_loss: float | None
     drafts: list[str]
+    distances: tuple[float, ...] = ()  # per held-out item, in order: what the paired comparison uses
 
     def as_dict(self) -> dict:
         return {"edit_distance": self.edit_distance, "chrf": self.chrf, "replay_loss": self.replay_loss}
+
+
+def capped_reference(tokenizer, text: str, max_new_tokens: int) -> str:
+    """The approved text cut to what a draft of max_new_tokens tokens could hold."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_new_tokens else tokenizer.decode(ids[:max_new_tokens], skip_special_tokens=True)
 
 
 def score(
@@ -68,19 +82,66 @@ def score(
     on_item: Callable[[], None] = lambda: None,
 ) -> Scores:
     backend = LocalBackend()
+    tokenizer = model_cache.get(ref).tokenizer
     drafts = []
     for example in heldout:
         output = backend.generate(ref, example.messages, sampling, on_text=lambda _: None, should_stop=lambda: False)
         drafts.append(output.text)
         on_item()
-    distances = [word_edit_distance(draft, example.completion) for draft, example in zip(drafts, heldout, strict=True)]
-    chrfs = [chrf(draft, example.completion) for draft, example in zip(drafts, heldout, strict=True)]
+    references = [capped_reference(tokenizer, e.completion, sampling.max_new_tokens) for e in heldout]
+    distances = [word_edit_distance(draft, reference) for draft, reference in zip(drafts, references, strict=True)]
+    chrfs = [chrf(draft, reference) for draft, reference in zip(drafts, references, strict=True)]
     return Scores(
         edit_distance=sum(distances) / len(distances) if distances else 0.0,
         chrf=sum(chrfs) / len(chrfs) if chrfs else 0.0,
         replay_loss=replay_loss(ref, replay) if replay else None,
         drafts=drafts,
+        distances=tuple(distances),
     )
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """How much less the candidate's drafts need changing than the active version's, item by item."""
+
+    items: int
+    mean: float
+    low: float  # 95% confidence interval of the mean gain (Student's t over the paired differences)
+    high: float
+    p_value: float  # one-sided: the chance of a gain this large if the candidate were no better
+    wins: int
+    ties: int
+    losses: int
+
+    def as_dict(self) -> dict:
+        return {
+            "items": self.items,
+            "mean_gain": self.mean,
+            "ci95": [self.low, self.high],
+            "p_value": self.p_value,
+            "wins": self.wins,
+            "ties": self.ties,
+            "losses": self.losses,
+        }
+
+
+def paired_gain(active: Scores, candidate: Scores) -> PairedGain:
+    gains = [a - c for a, c in zip(active.distances, candidate.distances, strict=True)]
+    n = len(gains)
+    mean = sum(gains) / n if n else 0.0
+    if n < 2:
+        return PairedGain(n, mean, -math.inf, math.inf, 1.0, 0, n, 0)
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1))
+    if sd == 0:
+        low = high = mean
+        p_value = 0.0 if mean > 0 else 1.0
+    else:
+        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+        low, high = mean - half, mean + half
+        p_value = float(stats.t.sf(mean / (sd / math.sqrt(n)), n - 1))
+    wins = sum(1 for g in gains if g > 1e-9)
+    losses = sum(1 for g in gains if g < -1e-9)
+    return PairedGain(n, mean, float(low), float(high), p_value, wins, n - wins - losses, losses)
 
 
 def replay_loss(ref: ModelRef, examples: list[Example], batch_size: int = 4, max_length: int = 768) -> float:
@@ -101,10 +162,18 @@ def replay_loss(ref: ModelRef, examples: list[Example], batch_size: int = 4, max
 def decide(active: Scores, candidate: Scores, *, margin: float, replay_tolerance: float) -> tuple[bool, list[str]]:
     """Promote? and why, in words for the report."""
     reasons = []
-    better = candidate.edit_distance <= active.edit_distance - margin
+    gain = paired_gain(active, candidate)
+    by_margin = candidate.edit_distance <= active.edit_distance - margin
+    confident = gain.low > 0
+    better = by_margin and confident
     reasons.append(
         f"edit distance {candidate.edit_distance:.3f} vs {active.edit_distance:.3f}: "
-        + ("better by the margin" if better else f"not better by {margin:.3f}")
+        + ("better by the margin" if by_margin else f"not better by {margin:.3f}")
+    )
+    reasons.append(
+        f"paired gain {gain.mean:+.3f} on {gain.items} items, 95% CI [{gain.low:+.3f}, {gain.high:+.3f}], "
+        f"{gain.wins} better / {gain.ties} same / {gain.losses} worse: "
+        + ("confidently better" if confident else "not confidently better")
     )
     kept = True
     if active.replay_loss is not None and candidate.replay_loss is not None:

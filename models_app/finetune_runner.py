@@ -12,6 +12,7 @@ import random
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from collab.events import send_event
 
 from . import datasets, evaluation
 from .finetuning import announce, job_finish, job_group, job_state, version_promote
+from .general_replay import general_examples
 from .hyperparameters import TrainingSettings, steps_for
 from .inference.base import Sampling
-from .inference.prompts import sampling_from
+from .inference.prompts import sampling_from, with_shots
 from .models import ActiveModel, FineTuneJob, ModelVersion
+from .retrieval import Retriever, shots_from
 from .training import Example, Progress, TrainingCancelled, train
 
 logger = logging.getLogger(__name__)
@@ -139,19 +142,57 @@ def work_dir(job: FineTuneJob) -> Path:
     return Path(settings.SORA_ADAPTERS_DIR) / job.domain.slug / str(job.run_key)
 
 
-def training_examples(job: FineTuneJob) -> tuple[list[Example], list[Example]]:
-    """(what to train on, what to measure forgetting on): the snapshot's new training examples plus a replay
-    sample of earlier ones (all training examples when none are new, a manual re-run); forgetting is
-    measured on earlier examples the run did not see again, when there are any."""
-    settings_ = TrainingSettings.from_dict(job.hyperparameters)
+@dataclass
+class RunData:
+    """What a run trains on, what the gate measures forgetting on, and how each was made up (for the report)."""
+
+    train: list[Example]
+    forgetting: list[Example]
+    counts: dict
+
+
+def training_examples(job: FineTuneJob) -> RunData:
+    """The snapshot's new training examples that teach something (weight > 0; all teaching examples when none
+    are new: a manual re-run), a share of them with retrieved examples in the prompt as drafts are served,
+    plus replay of ceil(new × replay_ratio): earlier examples and the model's drafts approved unchanged, and
+    where those run short the base model's own answers to general prompts, so the first round has replay
+    too. Forgetting is measured on earlier examples this run did not see again and on general prompts no
+    run trains on."""
+    chosen = TrainingSettings.from_dict(job.hyperparameters)
     train_split = datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.TRAIN)
     new_ids = datasets.snapshot_new_ids(snapshot=job.snapshot)
-    new = [e for e in train_split if e.pk in new_ids] or train_split
-    earlier = [e for e in train_split if e.pk not in new_ids]
-    count = min(len(earlier), math.ceil(len(new) * settings_.replay_ratio))
-    replayed = random.Random(settings_.seed).sample(earlier, count)
+    teaching = [e for e in train_split if e.weight > 0]
+    new = [e for e in teaching if e.pk in new_ids] or teaching
+    taken = {e.pk for e in new}
+    earlier = [e for e in train_split if e.pk not in new_ids and e.pk not in taken]
+    accepted = [e for e in train_split if e.pk in new_ids and e.weight == 0]
+    wanted = math.ceil(len(new) * chosen.replay_ratio)
+    rng = random.Random(chosen.seed)
+    replayed = rng.sample(earlier + accepted, min(wanted, len(earlier) + len(accepted)))
+    general_replay, general_forgetting = general_examples(job.base_version.base_model)
+    general = general_replay[: max(0, wanted - len(replayed))]
     unseen = [e for e in earlier if e not in replayed][:REPLAY_EVAL_ITEMS]
-    return _examples(new) + _examples(replayed), _examples(unseen or replayed[:REPLAY_EVAL_ITEMS])
+    retriever = Retriever(shots_from(teaching))
+    k = job.domain.retrieval_examples
+    with_examples = []
+    for example in new:
+        messages = example.messages
+        if k and rng.random() < chosen.retrieval_share:
+            shots = retriever.top(messages, k, exclude=frozenset({example.pk}))
+            messages = with_shots(messages, [(shot.messages, shot.completion) for shot in shots])
+        with_examples.append(Example(messages, example.completion, example.weight))
+    return RunData(
+        train=with_examples + [Example(e.messages, e.completion, 1.0) for e in replayed] + general,
+        forgetting=_examples(unseen) + general_forgetting,
+        counts={
+            "new": len(new),
+            "replay_earlier": sum(1 for e in replayed if e.pk not in new_ids),
+            "replay_accepted": sum(1 for e in replayed if e.pk in new_ids),
+            "replay_general": len(general),
+            "forgetting_earlier": len(unseen),
+            "forgetting_general": len(general_forgetting),
+        },
+    )
 
 
 def _examples(rows) -> list[Example]:
@@ -160,15 +201,15 @@ def _examples(rows) -> list[Example]:
 
 def _train_and_evaluate(job: FineTuneJob) -> None:
     chosen = TrainingSettings.from_dict(job.hyperparameters)
-    to_train, replay = training_examples(job)
+    data = training_examples(job)
     if job.candidate_id is None or not Path(job.candidate.adapter_path).is_dir():
-        _train(job, to_train, chosen)  # a worker lost during evaluation left a candidate: evaluate it again
+        _train(job, data.train, chosen)  # a worker lost during evaluation left a candidate: evaluate it again
     job = FineTuneJob.objects.select_related("domain", "base_version", "snapshot", "candidate").get(pk=job.pk)
-    report, promote = _evaluate(job, replay)
+    report, promote = _evaluate(job, data)
     with transaction.atomic():
         current = _mine(job)
         candidate = current.candidate
-        candidate.metrics = {**candidate.metrics, **report["candidate"]}
+        candidate.metrics = {**candidate.metrics, **report.get("candidate", {})}
         candidate.save(update_fields=["metrics"])
         current.evaluation = report
         current.outcome = FineTuneJob.Outcome.KEPT_AS_CANDIDATE
@@ -229,42 +270,73 @@ def _promotion_blocker(job: FineTuneJob) -> str:
     return ""
 
 
-def _evaluate(job: FineTuneJob, replay: list[Example]) -> tuple[dict, bool]:
-    heldout = _examples(datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.HELDOUT))
-    heldout = heldout[-settings.SORA_EVAL_MAX_ITEMS :]  # the newest: what drafts look like now
+def decision_set(job: FineTuneJob) -> list[Example]:
+    """The held-out items the gate decides on: those of this round (new since the last finished run) that
+    teach something, so that a new house style is judged on itself and not averaged with earlier data (which
+    the forgetting check covers); all teaching held-out items when none are new. The newest
+    SORA_EVAL_MAX_ITEMS, each prompted with the examples retrieval finds among the snapshot's training
+    split, the same for both versions."""
+    heldout = datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.HELDOUT)
+    new_ids = datasets.snapshot_new_ids(snapshot=job.snapshot)
+    teaching = [e for e in heldout if e.weight > 0]
+    chosen = ([e for e in teaching if e.pk in new_ids] or teaching)[-settings.SORA_EVAL_MAX_ITEMS :]
+    pool = [e for e in datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.TRAIN) if e.weight > 0]
+    retriever, k = Retriever(shots_from(pool)), job.domain.retrieval_examples
+    examples = []
+    for e in chosen:
+        shots = [(shot.messages, shot.completion) for shot in retriever.top(e.messages, k)]
+        examples.append(Example(with_shots(e.messages, shots), e.completion, 1.0))
+    return examples
+
+
+def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
+    heldout = decision_set(job)
     domain_sampling = sampling_from(job.domain.sampling)
     # Greedy, whatever the domain samples with: the comparison must not depend on chance.
     sampling = Sampling(
-        max_new_tokens=domain_sampling.max_new_tokens, repetition_penalty=domain_sampling.repetition_penalty
+        max_new_tokens=domain_sampling.max_new_tokens,
+        repetition_penalty=domain_sampling.repetition_penalty,
+        no_repeat_ngram_size=domain_sampling.no_repeat_ngram_size,
     )
+    report = {
+        "heldout_items": len(heldout),
+        "min_items": settings.SORA_EVAL_MIN_ITEMS,
+        "retrieval_examples": job.domain.retrieval_examples,
+        "replay_items": data.counts["replay_earlier"] + data.counts["replay_accepted"] + data.counts["replay_general"],
+        "data": data.counts,
+        "margin": settings.SORA_PROMOTION_MARGIN,
+        "replay_tolerance": settings.SORA_REPLAY_TOLERANCE,
+    }
+    if len(heldout) < settings.SORA_EVAL_MIN_ITEMS:
+        reason = (
+            f"only {len(heldout)} held-out items of this round; at least {settings.SORA_EVAL_MIN_ITEMS} are needed "
+            "to decide, so the candidate is kept (a manager may still promote it)"
+        )
+        return {**report, "decided": False, "promote": False, "reasons": [reason]}, False
     reporter = _Reporter(job)
 
     def between_items() -> None:
         if reporter.cancel_requested():
             raise TrainingCancelled()
 
-    active = evaluation.score(job.base_version.model_ref(), heldout, replay, sampling, on_item=between_items)
-    candidate = evaluation.score(job.candidate.model_ref(), heldout, replay, sampling, on_item=between_items)
+    forgetting = data.forgetting
+    active = evaluation.score(job.base_version.model_ref(), heldout, forgetting, sampling, on_item=between_items)
+    candidate = evaluation.score(job.candidate.model_ref(), heldout, forgetting, sampling, on_item=between_items)
     promote, reasons = evaluation.decide(
         active, candidate, margin=settings.SORA_PROMOTION_MARGIN, replay_tolerance=settings.SORA_REPLAY_TOLERANCE
     )
-    report = {
-        "heldout_items": len(heldout),
-        "replay_items": len(replay),
-        "active": {"version": job.base_version.name, **active.as_dict()},
-        "candidate": {"version": job.candidate.name, **candidate.as_dict()},
-        "margin": settings.SORA_PROMOTION_MARGIN,
-        "replay_tolerance": settings.SORA_REPLAY_TOLERANCE,
-        "promote": promote,
-        "reasons": reasons,
-        "samples": [
+    report.update(
+        decided=True,
+        active={"version": job.base_version.name, **active.as_dict()},
+        candidate={"version": job.candidate.name, **candidate.as_dict()},
+        confidence=evaluation.paired_gain(active, candidate).as_dict(),
+        promote=promote,
+        reasons=reasons,
+        samples=[
             {"approved": e.completion, "active": a, "candidate": c}
             for e, a, c in list(zip(heldout, active.drafts, candidate.drafts, strict=True))[:3]
         ],
-    }
-    if not heldout:
-        report["reasons"].append("no held-out items: nothing to compare on, so the candidate is kept")
-        promote = False
+    )
     return report, promote
 
 

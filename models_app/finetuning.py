@@ -100,11 +100,17 @@ def finetune_job_start(
 
 
 def finetune_check(*, domain: Domain) -> FineTuneJob | None:
-    """Start a run when the domain's new examples reached its threshold and none is running."""
+    """Start a run when the domain's new examples reached its threshold, none is running, and approvals have
+    been quiet for SORA_FINETUNE_QUIET_SECONDS: a burst of approvals (an import, a reviewing session) trains
+    as one run on all of it, not as a run on whatever had arrived when the threshold was crossed. Each
+    approval schedules a check for the end of its quiet period (tasks.finetune_check_soon)."""
     if FineTuneJob.objects.filter(domain=domain, status__in=FineTuneJob.UNFINISHED).exists():
         return None
     if datasets.new_examples_count(domain=domain) < max(domain.finetune_threshold, 1):
         return None
+    last = datasets.last_approval_at(domain=domain)
+    if last is not None and timezone.now() - last < timedelta(seconds=settings.SORA_FINETUNE_QUIET_SECONDS):
+        return None  # still busy: the check scheduled by the latest approval comes after its quiet period
     try:
         return finetune_job_start(domain=domain, trigger=FineTuneJob.Trigger.THRESHOLD)
     except (Conflict, InvalidTransition) as exc:  # a race with a manager's click, or no active model

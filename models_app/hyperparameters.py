@@ -6,7 +6,11 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class TrainingSettings:
+    # Passes over the data: at least `epochs`, more for a small set until `min_steps` (at most `max_epochs`),
+    # so that 40 corrections train as long as 160 would (planned_epochs).
     epochs: int = 2
+    min_steps: int = 60
+    max_epochs: int = 8
     learning_rate: float = 5e-4  # measured against 2e-4 by bench/learning.py (docs/benchmarks.md)
     batch_size: int = 4
     max_length: int = 768
@@ -14,6 +18,9 @@ class TrainingSettings:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     replay_ratio: float = 0.5  # earlier examples mixed in per new example, against forgetting
+    # Share of training prompts that carry retrieved approved examples, as served drafts do (models_app/retrieval.py);
+    # the rest are plain, so the adapter learns the style itself and not only to copy from examples.
+    retrieval_share: float = 0.5
     checkpoint_every: int = 25  # steps
     seed: int = 0
 
@@ -43,6 +50,9 @@ class TrainingSettings:
 # (type, lowest, highest) of each setting a request may give.
 _LIMITS = {
     "epochs": (int, 1, 50),
+    "min_steps": (int, 0, 100_000),
+    "max_epochs": (int, 1, 50),
+    "retrieval_share": (float, 0.0, 1.0),
     "learning_rate": (float, 0.0, 1.0),
     "batch_size": (int, 1, 64),
     "max_length": (int, 32, 8192),
@@ -55,5 +65,13 @@ _LIMITS = {
 }
 
 
+def planned_epochs(count: int, settings: TrainingSettings) -> int:
+    """Epochs for `count` examples: `epochs`, raised until the run has `min_steps`, never past `max_epochs`
+    (nor below `epochs`)."""
+    per_epoch = max(1, math.ceil(count / settings.batch_size))
+    wanted = max(settings.epochs, math.ceil(settings.min_steps / per_epoch))
+    return min(wanted, max(settings.epochs, settings.max_epochs))
+
+
 def steps_for(count: int, settings: TrainingSettings) -> int:
-    return settings.epochs * math.ceil(count / settings.batch_size)
+    return planned_epochs(count, settings) * math.ceil(count / settings.batch_size)

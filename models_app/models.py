@@ -75,14 +75,24 @@ class TrainingExample(ImmutableModel):
 
     Written when the item is approved (in the same transaction), redacted first when the domain
     says so, and never changed afterwards: a dataset snapshot names examples by id and hash.
+    `origin` says what the approval taught (datasets.py: the weights, and what each is used for).
     """
+
+    class Origin(models.TextChoices):
+        CORRECTED = "corrected", "a reviewer changed the draft"
+        WRITTEN = "written", "approved as written by a person (a submitted draft)"
+        ACCEPTED = "accepted", "the model's own draft approved unchanged"
 
     domain = models.ForeignKey("annotations.Domain", on_delete=models.PROTECT, related_name="training_examples")
     # PROTECT: a snapshot names its examples; an item that trained a model is not deleted under it.
     item = models.OneToOneField("annotations.Item", on_delete=models.PROTECT, related_name="training_example")
     messages = models.JSONField(help_text='The prompt as chat messages: [{"role": "system"|"user", "content"}, …].')
     completion = models.TextField(help_text="The approved text: what the model should have written.")
-    weight = models.FloatField(default=1.0, help_text="Loss weight: drafts people had to correct count double.")
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.CORRECTED)
+    weight = models.FloatField(
+        default=1.0,
+        help_text="Loss weight as new data: corrected 2, written 1, accepted 0 (replay only: it teaches nothing new).",
+    )
     redacted = models.BooleanField(default=False)
     content_hash = models.CharField(max_length=64, help_text="sha256 of messages and completion.")
     created_at = models.DateTimeField(auto_now_add=True)

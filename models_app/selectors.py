@@ -45,6 +45,17 @@ def domain_served_by(*, version: ModelVersion, slug: str | None) -> Domain:
     return domains[0]
 
 
+def domain_to_promote_to(*, version: ModelVersion, slug: str | None) -> Domain:
+    """The domain named, or, when none is, the one the version was fine-tuned on (a base model serves any
+    domain, so it needs one named)."""
+    if slug:
+        return domain_get(slug=slug)
+    trained_for = version_trained_for(version=version)
+    if trained_for is None:
+        raise InvalidInput("domain", f"{version.name!r} was not fine-tuned on a domain; name the domain to serve.")
+    return trained_for
+
+
 def version_trained_for(*, version: ModelVersion) -> Domain | None:
     """The domain whose examples trained this version or one of its ancestors; None for a base model."""
     for ancestor in reversed(version_lineage(version=version)):

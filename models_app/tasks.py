@@ -7,11 +7,13 @@ logger = logging.getLogger(__name__)
 
 
 def finetune_check_soon(domain_id: int) -> None:
-    """After an approval commits: check the domain's threshold in a worker, off the reviewer's request."""
+    """After an approval commits: check the domain's threshold in a worker, off the reviewer's request, once
+    the approvals have been quiet for SORA_FINETUNE_QUIET_SECONDS (finetuning.finetune_check)."""
     if not settings.SORA_FINETUNE_AUTO:
         return
     try:
-        finetune_check_task.delay(domain_id)
+        # A second past the quiet period, so the check finds it over even with a little clock skew.
+        finetune_check_task.apply_async((domain_id,), countdown=settings.SORA_FINETUNE_QUIET_SECONDS + 1)
     except Exception:  # noqa: BLE001 — the broker is down: the periodic check catches up
         logger.exception("could not queue the fine-tune check of domain %s", domain_id)
 

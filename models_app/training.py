@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .hyperparameters import TrainingSettings
+from .hyperparameters import TrainingSettings, planned_epochs
 from .inference.local import pick_device
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ def train(
     torch.manual_seed(settings.seed)
     model, tokenizer = load_trainable(base_model, parent_adapter, settings, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
-    plan = [batch for epoch in range(settings.epochs) for batch in batches_for_epoch(examples, settings, epoch)]
+    epochs = planned_epochs(len(examples), settings)
+    plan = [batch for epoch in range(epochs) for batch in batches_for_epoch(examples, settings, epoch)]
     total = len(plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
     checkpoint = work_dir / "checkpoint"

@@ -29,7 +29,8 @@ from annotations.models import Generation, Item
 from annotations.selectors import domains_reviewable_by, item_get_for_user
 from collab.events import item_group, send_event, send_event_on_commit
 from models_app.inference import GenerationFailed, GenerationOutput, get_backend
-from models_app.inference.prompts import build_messages, sampling_from
+from models_app.inference.prompts import sampling_from
+from models_app.retrieval import prompt_for_item
 from models_app.selectors import active_version_for
 
 from .audit import audit_record, item_state
@@ -215,12 +216,7 @@ def generation_run(generation_id: int) -> None:
     try:
         output = get_backend().generate(
             version.model_ref(),
-            build_messages(
-                system_prompt=item.domain.system_prompt,
-                prompt_template=item.domain.prompt_template,
-                input=item.input,
-                metadata=item.metadata,
-            ),
+            prompt_for_item(item=item),  # the domain's prompt, after its most similar approved examples
             sampling_from(item.domain.sampling),
             on_text=stream.add,
             should_stop=CancelPoll(stream),

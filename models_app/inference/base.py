@@ -14,7 +14,10 @@ class Sampling:
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
+    # Both count the draft's own tokens only, not the prompt's: a prompt that shows approved examples
+    # (models_app/retrieval.py) must not forbid the model to reuse their greeting and sign-off.
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0  # 0: off; n: no n-gram twice in one draft
 
     @property
     def greedy(self) -> bool:

@@ -18,6 +18,8 @@ from transformers import (
     AutoTokenizer,
     LogitsProcessor,
     LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
     StoppingCriteria,
     StoppingCriteriaList,
     TextStreamer,
@@ -140,10 +142,32 @@ class _StepWatcher(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.cancelled, dtype=torch.bool, device=input_ids.device)
 
 
+class _DraftOnlyNoRepeat(LogitsProcessor):
+    """No n-gram twice within the draft. transformers' own processor also counts the prompt, which would
+    forbid the greeting and sign-off that the prompt's approved examples show."""
+
+    def __init__(self, size: int, prompt_length: int) -> None:
+        self.inner = NoRepeatNGramLogitsProcessor(size)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.inner(input_ids[:, self.prompt_length :], scores)
+
+
+def repetition_processors(sampling: Sampling, prompt_length: int) -> list[LogitsProcessor]:
+    """The domain's repetition settings, applied to the draft's own tokens (Sampling says why)."""
+    processors: list[LogitsProcessor] = []
+    if sampling.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty, prompt_length))
+    if sampling.no_repeat_ngram_size > 0:
+        processors.append(_DraftOnlyNoRepeat(sampling.no_repeat_ngram_size, prompt_length))
+    return processors
+
+
 def generation_kwargs(sampling: Sampling, tokenizer) -> dict:
+    """generate()'s decoding arguments; the repetition settings go in as processors (repetition_processors)."""
     kwargs = {
         "max_new_tokens": sampling.max_new_tokens,
-        "repetition_penalty": sampling.repetition_penalty,
         "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     }
     if sampling.greedy:
@@ -181,7 +205,9 @@ class LocalBackend:
             loaded.model.generate(
                 **inputs,
                 streamer=_PieceStreamer(loaded.tokenizer, collect),
-                logits_processor=LogitsProcessorList([watcher.step_logprobs]),
+                logits_processor=LogitsProcessorList(
+                    [*repetition_processors(sampling, inputs["input_ids"].shape[-1]), watcher.step_logprobs]
+                ),
                 stopping_criteria=StoppingCriteriaList([watcher]),
                 **generation_kwargs(sampling, loaded.tokenizer),
             )

@@ -55,7 +55,9 @@ class OpenAIBackend:
             "logprobs": True,
         }
         if sampling.repetition_penalty != 1.0:
-            body["repetition_penalty"] = sampling.repetition_penalty  # vLLM / SGLang extension
+            # vLLM / SGLang extension; unlike the local backend, these servers count the prompt's tokens too.
+            body["repetition_penalty"] = sampling.repetition_penalty
+        # no_repeat_ngram_size has no counterpart in the OpenAI API or its vLLM / SGLang extensions: not sent.
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         pieces: list[str] = []
         logprobs: list[float] = []

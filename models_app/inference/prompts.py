@@ -6,7 +6,13 @@ import re
 from .base import Sampling
 
 _PLACEHOLDER = re.compile(r"\{(input|metadata)\}")
-_SAMPLING_FIELDS = {"max_new_tokens": int, "temperature": float, "top_p": float, "repetition_penalty": float}
+_SAMPLING_FIELDS = {
+    "max_new_tokens": int,
+    "temperature": float,
+    "top_p": float,
+    "repetition_penalty": float,
+    "no_repeat_ngram_size": int,
+}
 
 
 def render_prompt(template: str, *, input: str, metadata: dict) -> str:
@@ -23,6 +29,20 @@ def build_messages(*, system_prompt: str, prompt_template: str, input: str, meta
     messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
     messages.append({"role": "user", "content": render_prompt(prompt_template, input=input, metadata=metadata)})
     return messages
+
+
+def with_shots(messages: list[dict], shots: list[tuple[list[dict], str]]) -> list[dict]:
+    """`messages` with approved examples before the last user turn, as earlier turns of the chat:
+    each shot is (its prompt's messages, the approved text). Its own system message is dropped
+    (the prompt keeps one); the most similar shot comes last, nearest the new input."""
+    if not shots:
+        return list(messages)
+    head = list(messages[:-1])
+    turns = []
+    for shot_messages, approved in reversed(shots):
+        turns += [m for m in shot_messages if m["role"] != "system"]
+        turns.append({"role": "assistant", "content": approved})
+    return [*head, *turns, messages[-1]]
 
 
 def sampling_from(settings: dict) -> Sampling:
@@ -53,4 +73,6 @@ def sampling_errors(settings: object) -> list[str]:
             errors.append("top_p must be above 0 and at most 1")
         elif name == "repetition_penalty" and not 0 < value <= 5:
             errors.append("repetition_penalty must be above 0 and at most 5")
+        elif name == "no_repeat_ngram_size" and not 0 <= value <= 20:
+            errors.append("no_repeat_ngram_size must be from 0 (off) to 20")
     return errors

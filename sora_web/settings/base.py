@@ -253,6 +253,7 @@ SORA_MAX_INPUT_CHARS = env.int("SORA_MAX_INPUT_CHARS", default=100_000)
 # Models (PRODUCT.md §4, §9). SORA_BASE_MODEL: a local Hugging Face folder to use instead of the bundled SmolLM2.
 SORA_MODELS_DIR = DATA_DIR / "models"
 SORA_ADAPTERS_DIR = DATA_DIR / "adapters"  # fine-tuned LoRA adapters and their checkpoints, per domain and run
+SORA_REPLAY_DIR = DATA_DIR / "replay"  # the base models' own answers to general prompts (models_app/general_replay.py)
 SORA_BASE_MODEL = env("SORA_BASE_MODEL", default="")
 SORA_INFERENCE_BACKEND = env("SORA_INFERENCE_BACKEND", default="local")
 # Drafts written at once by `sora_serve`'s inference worker (each process holds its own copy of the model).
@@ -271,7 +272,11 @@ SORA_HELDOUT_PERCENT = env.int("SORA_HELDOUT_PERCENT", default=20)  # examples h
 SORA_FINETUNE_AUTO = env.bool("SORA_FINETUNE_AUTO", default=True)  # start runs at each domain's threshold
 SORA_FINETUNE_DEFAULTS = env.json("SORA_FINETUNE_DEFAULTS", default={})  # over training.TrainingSettings
 SORA_FINETUNE_STALE_SECONDS = env.int("SORA_FINETUNE_STALE_SECONDS", default=300)  # silent worker: send again
+# A threshold run starts only after the domain's approvals have been quiet this long (a burst trains as one run).
+SORA_FINETUNE_QUIET_SECONDS = env.int("SORA_FINETUNE_QUIET_SECONDS", default=120)
 SORA_EVAL_MAX_ITEMS = env.int("SORA_EVAL_MAX_ITEMS", default=50)  # held-out items each version writes
+# Fewer held-out items of the round than this and the gate does not decide (the candidate is kept, and it says so).
+SORA_EVAL_MIN_ITEMS = env.int("SORA_EVAL_MIN_ITEMS", default=12)
 SORA_PROMOTION_MARGIN = env.float("SORA_PROMOTION_MARGIN", default=0.02)  # edit distance the candidate must gain
 SORA_REPLAY_TOLERANCE = env.float("SORA_REPLAY_TOLERANCE", default=0.02)  # relative replay-loss regression allowed
 

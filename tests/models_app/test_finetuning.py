@@ -25,12 +25,14 @@ def adapters_in_tmp(settings, tmp_path):
 
 
 SIGN_OFF = "Best regards, The Brightwater Support Team."
-LEARN = {"epochs": 6, "learning_rate": 0.01, "batch_size": 4, "lora_rank": 8, "checkpoint_every": 3}
+LEARN = {"epochs": 6, "min_steps": 0, "learning_rate": 0.01, "batch_size": 4, "lora_rank": 8, "checkpoint_every": 3}
 
 
 @pytest.fixture
 def short_domain(domain, settings):
     settings.SORA_HELDOUT_PERCENT = 30
+    settings.SORA_EVAL_MIN_ITEMS = 3  # a handful of held-out items decides here: the tiny model learns fast
+    settings.SORA_FINETUNE_QUIET_SECONDS = 0
     domain.sampling = {"max_new_tokens": 12}
     domain.save()
     return domain
@@ -61,7 +63,7 @@ def test_every_approved_item_becomes_one_example_with_its_prompt_and_text(review
     examples = list(TrainingExample.objects.filter(domain=short_domain).select_related("item"))
 
     assert len(examples) == 3
-    assert all(e.completion == SIGN_OFF and e.weight == datasets.EDITED_WEIGHT for e in examples)
+    assert all(e.completion == SIGN_OFF and (e.origin, e.weight) == ("corrected", 2.0) for e in examples)
     assert examples[0].messages[-1] == {"role": "user", "content": f"Answer: {examples[0].item.input}"}
 
 

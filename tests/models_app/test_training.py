@@ -58,7 +58,7 @@ def test_a_corrected_example_weighs_double(tokenizer):
     assert float(both) == pytest.approx((float(first) + 2 * float(second)) / 3, rel=1e-5)
 
 
-LEARN = TrainingSettings(epochs=6, learning_rate=1e-2, batch_size=4, lora_rank=8, checkpoint_every=3)
+LEARN = TrainingSettings(epochs=6, min_steps=0, learning_rate=1e-2, batch_size=4, lora_rank=8, checkpoint_every=3)
 
 
 def test_training_lowers_the_loss_and_writes_an_adapter(tiny_model_dir, tmp_path):

@@ -1,0 +1,70 @@
+"""Replay that exists from the first round: the base model's own answers to general prompts.
+
+A domain's first fine-tune has no earlier examples to replay, yet it can still forget what the base
+model could do. So every run mixes in some of the base model's own greedy answers to a fixed set of
+general prompts (fixtures/general_prompts.json), and the gate measures forgetting on the others: the
+first GENERAL_TRAIN prompts are replay, the rest are never trained on. The answers are written once
+per base model by the training worker and kept under SORA_REPLAY_DIR.
+"""
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+
+from .inference.base import ModelRef, Sampling
+from .training import Example
+
+logger = logging.getLogger(__name__)
+
+PROMPTS_FILE = Path(__file__).parent / "fixtures" / "general_prompts.json"
+MAX_NEW_TOKENS = 120
+GENERAL_TRAIN = 16  # of the 24 prompts; the other 8 measure forgetting
+
+
+def _cache_file(base_model: str, prompts: list[str]) -> Path:
+    key = json.dumps({"model": base_model, "prompts": prompts, "max_new_tokens": MAX_NEW_TOKENS})
+    return Path(settings.SORA_REPLAY_DIR) / f"general-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def general_examples(
+    base_model: str, on_item: Callable[[], None] = lambda: None
+) -> tuple[list[Example], list[Example]]:
+    """(replay part, forgetting part): the base model's answers, written now if they are not kept yet.
+    Prompts it answered with nothing, or not within MAX_NEW_TOKENS, are left out: an answer cut short
+    would teach the model to stop mid-sentence."""
+    prompts = json.loads(PROMPTS_FILE.read_text())
+    cache = _cache_file(base_model, prompts)
+    if cache.is_file():
+        answers = json.loads(cache.read_text())
+    else:
+        from .inference.local import LocalBackend
+
+        logger.info("writing %s's answers to %d general prompts (once)", base_model, len(prompts))
+        ref = ModelRef(key=f"general-replay:{base_model}", base_model=base_model, name="base")
+        backend, answers = LocalBackend(), []
+        for prompt in prompts:
+            output = backend.generate(
+                ref,
+                [{"role": "user", "content": prompt}],
+                Sampling(max_new_tokens=MAX_NEW_TOKENS),
+                on_text=lambda _: None,
+                should_stop=lambda: False,
+            )
+            answers.append(output.text if len(output.token_logprobs) < MAX_NEW_TOKENS else "")
+            on_item()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".partial")
+        partial.write_text(json.dumps(answers, ensure_ascii=False))
+        partial.rename(cache)
+    examples = [
+        Example([{"role": "user", "content": prompt}], answer, 1.0)
+        for prompt, answer in zip(prompts, answers, strict=True)
+    ]
+    return (
+        [e for e in examples[:GENERAL_TRAIN] if e.completion.strip()],
+        [e for e in examples[GENERAL_TRAIN:] if e.completion.strip()],
+    )
