@@ -229,18 +229,35 @@ class FineTuneJobAdmin(admin.ModelAdmin):
         report = job.evaluation
         if not report:
             return "Not evaluated yet."
+        sides = [report[side] for side in ("active", "candidate") if side in report]  # none when not decided
         rows = [
             (side["version"], f"{side['edit_distance']:.3f}", f"{side['chrf']:.3f}", _fmt(side.get("replay_loss")))
-            for side in (report["active"], report["candidate"])
+            for side in sides
         ]
         table = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows)
         reasons = format_html_join("", "<li>{}</li>", ((reason,) for reason in report["reasons"]))
+        confidence = report.get("confidence")
+        gain = (
+            format_html(
+                " Paired gain {} (95% CI {} to {}; {} better, {} same, {} worse).",
+                f"{confidence['mean_gain']:+.3f}",
+                f"{confidence['ci95'][0]:+.3f}",
+                f"{confidence['ci95'][1]:+.3f}",
+                confidence["wins"],
+                confidence["ties"],
+                confidence["losses"],
+            )
+            if confidence
+            else ""
+        )
         return format_html(
             "<table><thead><tr><th>version</th><th>edit distance</th><th>chrF</th><th>replay loss</th></tr></thead>"
-            "<tbody>{}</tbody></table><p>{} held-out items, {} replay items. Promote: {}.</p><ul>{}</ul>",
+            "<tbody>{}</tbody></table><p>{} held-out items of this round, {} replay items.{} Promote: {}.</p>"
+            "<ul>{}</ul>",
             table,
             report["heldout_items"],
             report["replay_items"],
+            gain,
             "yes" if report["promote"] else "no",
             reasons,
         )

@@ -253,7 +253,8 @@ SORA_MAX_INPUT_CHARS = env.int("SORA_MAX_INPUT_CHARS", default=100_000)
 # Models (PRODUCT.md §4, §9). SORA_BASE_MODEL: a local Hugging Face folder to use instead of the bundled SmolLM2.
 SORA_MODELS_DIR = DATA_DIR / "models"
 SORA_ADAPTERS_DIR = DATA_DIR / "adapters"  # fine-tuned LoRA adapters and their checkpoints, per domain and run
-SORA_REPLAY_DIR = DATA_DIR / "replay"  # the base models' own answers to general prompts (models_app/general_replay.py)
+# The base models' own answers to general prompts (models_app/general_replay.py); several data dirs may share one.
+SORA_REPLAY_DIR = Path(env("SORA_REPLAY_DIR", default=str(DATA_DIR / "replay")))
 SORA_BASE_MODEL = env("SORA_BASE_MODEL", default="")
 SORA_INFERENCE_BACKEND = env("SORA_INFERENCE_BACKEND", default="local")
 # Drafts written at once by `sora_serve`'s inference worker (each process holds its own copy of the model).
