@@ -539,7 +539,8 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
         manager = Api(product.port, "manager")
         heldout = data["heldout"]
 
-        ids = submit(integration, heldout, "before", priority=9, with_draft=False)
+        # Priorities above the demo items' (at most 5), so that the reviewer's claims reach this batch first.
+        ids = submit(integration, heldout, "before", priority=60, with_draft=False)
         result["phases"]["before"] = score_drafts(wait_drafted(integration, ids, "before"), heldout)
         approve_all(reviewer, {i: None for i in ids}, "before")  # the busy reviewer: approved as drafted
 
@@ -548,7 +549,7 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
             cases = data[round_name]
             if not cases:
                 continue
-            ids = submit(integration, cases, round_name, priority=5, with_draft=True)
+            ids = submit(integration, cases, round_name, priority=50, with_draft=True)
             approve_all(reviewer, {i: c["gold"] for i, c in zip(ids, cases, strict=True)}, round_name)
             if round_name == "round1":
                 # Before the threshold's job has promoted anything: the base model with retrieval alone.
@@ -718,6 +719,8 @@ def main() -> int:
     model_path = args.model or str(ROOT / "var" / "models" / "smollm2-135m-instruct")
     if not (Path(model_path) / "config.json").is_file():
         parser.error(f"no model folder at {model_path}: run `.venv/bin/python manage.py prepare_model` first")
+    # A SIGTERM stops the product this script started, as Ctrl-C does (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     styles = [make_style(n) for n in pick_styles(args.styles)]
     results: dict = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

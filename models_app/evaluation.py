@@ -30,7 +30,7 @@ from annotations.diffing import word_edit_distance
 
 from .inference.base import ModelRef, Sampling
 from .inference.local import LocalBackend, model_cache
-from .training import Example, collate, weighted_loss
+from .training import Example, collate, completion_logits, weighted_loss
 
 CHRF_ORDER, CHRF_BETA = 6, 2.0
 
@@ -152,10 +152,8 @@ def replay_loss(ref: ModelRef, examples: list[Example], batch_size: int = 4, max
         for start in range(0, len(examples), batch_size):
             chunk = [Example(e.messages, e.completion, 1.0) for e in examples[start : start + batch_size]]
             batch = collate(loaded.tokenizer, chunk, max_length)
-            logits = loaded.model(
-                input_ids=batch.input_ids.to(loaded.device), attention_mask=batch.attention_mask.to(loaded.device)
-            ).logits
-            losses.append(float(weighted_loss(logits, batch.labels.to(loaded.device), batch.weights)) * len(chunk))
+            logits, labels = completion_logits(loaded.model, batch, loaded.device)
+            losses.append(float(weighted_loss(logits, labels, batch.weights)) * len(chunk))
     return sum(losses) / len(examples)
 
 

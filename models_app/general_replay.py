@@ -21,7 +21,7 @@ from .training import Example
 logger = logging.getLogger(__name__)
 
 PROMPTS_FILE = Path(__file__).parent / "fixtures" / "general_prompts.json"
-MAX_NEW_TOKENS = 120
+MAX_NEW_TOKENS = 200
 GENERAL_TRAIN = 16  # of the 24 prompts; the other 8 measure forgetting
 
 

@@ -55,7 +55,9 @@ class Retriever:
             self._index.index(_tokenize([s.query_text for s in self.shots]), show_progress=False)
 
     def top(self, messages: list[dict], k: int, exclude: frozenset[int] = frozenset()) -> list[Shot]:
-        """The k shots most like `messages`' user message (the best first), none of `exclude`."""
+        """The k shots most like `messages`' user message (the best first), none of `exclude`. A shot that shares
+        no word with the input still fills a place when there are not k better ones: it shows the house style
+        (greeting, sign-off, tone) all the same."""
         if k <= 0 or self._index is None:
             return []
         wanted = min(len(self.shots), k + len(exclude))
@@ -98,7 +100,7 @@ class _DomainIndexes:
 
     def get(self, domain_id: int) -> Retriever:
         examples = teaching_examples(domain_id)
-        signature = tuple(examples.aggregate(count=Count("id"), newest=Max("id")).values())
+        signature = tuple(examples.aggregate(count=Count("id"), newest=Max("id"), at=Max("created_at")).values())
         with self._lock:
             cached = self._built.get(domain_id)
             if cached is not None and cached[0] == signature:

@@ -104,6 +104,19 @@ def collate(tokenizer, examples: list[Example], max_length: int) -> Batch:
     return Batch(input_ids, attention_mask, labels, weights, tokens=int((labels != -100).sum()))
 
 
+def completion_logits(model, batch: Batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) from the position before the batch's first completion token on: the prompts' own
+    positions predict nothing the loss counts, and the vocabulary projection of a long prompt is a good part
+    of a step's work. weighted_loss gives the same loss on these as on the whole width."""
+    labelled = (batch.labels != -100).any(dim=0).nonzero()
+    start = max(int(labelled[0]) - 1, 0) if len(labelled) else 0
+    keep = batch.input_ids.shape[1] - start
+    logits = model(
+        input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), logits_to_keep=keep
+    ).logits
+    return logits, batch.labels[:, start:].to(device)
+
+
 def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Each example's mean completion-token loss, then their weighted mean."""
     shifted_logits = logits[:, :-1, :].float()
@@ -174,8 +187,8 @@ def train(
             raise TrainingCancelled()
         batch = collate(tokenizer, plan[step - 1], settings.max_length)
         with autocast:
-            logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
-        loss = weighted_loss(logits, batch.labels.to(device), batch.weights)
+            logits, labels = completion_logits(model, batch, device)
+        loss = weighted_loss(logits, labels, batch.weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

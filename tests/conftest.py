@@ -50,6 +50,17 @@ def _cache_per_test(settings):
     settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex[:12]}"}}
 
 
+@pytest.fixture(autouse=True)
+def _fresh_retrieval_indexes():
+    """Each test retrieves from its own approvals: a rolled-back test hands its ids back (SQLite reuses them), so
+    an index kept from an earlier test could look current to the next."""
+    from models_app.retrieval import domain_indexes
+
+    domain_indexes.clear()
+    yield
+    domain_indexes.clear()
+
+
 @pytest.fixture
 def customer_service(db) -> Domain:
     return Domain.objects.get(slug="customer_service")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models_app.hyperparameters import TrainingSettings
-from models_app.training import Example, TrainingCancelled, collate, encode, train, weighted_loss
+from models_app.training import Example, TrainingCancelled, collate, completion_logits, encode, train, weighted_loss
 
 SIGN_OFF = "Best regards, The Brightwater Support Team."
 
@@ -130,3 +130,18 @@ def test_training_continues_from_the_parent_versions_adapter(tiny_model_dir, tmp
     )
 
     assert second.loss_history[0][1] < first.loss_history[0][1] / 2  # it starts where the parent left off
+
+
+def test_the_loss_on_completion_logits_alone_is_the_loss_on_the_whole_width(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    batch = collate(tokenizer, examples()[:3], max_length=64)
+    with torch.inference_mode():
+        whole = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        kept, labels = completion_logits(model, batch, torch.device("cpu"))
+
+    assert kept.shape[1] < whole.shape[1]  # the prompts' positions were left out
+    expected = weighted_loss(whole, batch.labels, batch.weights)
+    assert torch.allclose(weighted_loss(kept, labels, batch.weights), expected, atol=1e-5)

@@ -1,0 +1,203 @@
+"""The evaluation gate: a paired comparison on this round's held-out items, with a confidence interval and a minimum.
+
+The statistics are checked against numbers worked out by hand (Student's t with literal constants); the runs use
+the tiny model, with the base model's general answers replaced by a fixed short list (general_replay has its own
+tests in test_learning_data.py).
+"""
+
+import math
+
+import pytest
+from transformers import AutoTokenizer
+
+from annotations import services
+from models_app import datasets, finetune_runner
+from models_app.evaluation import Scores, capped_reference, decide, paired_gain
+from models_app.finetuning import finetune_job_start
+from models_app.models import FineTuneJob, ModelVersion
+from models_app.selectors import active_version_for
+from models_app.training import Example
+from tests.factories import ItemFactory
+
+T_975_DF3 = 3.182446  # Student's t, 97.5th percentile, 3 degrees of freedom (from a table)
+
+
+def scores(distances: tuple[float, ...], replay_loss: float | None = None) -> Scores:
+    return Scores(
+        edit_distance=sum(distances) / len(distances),
+        chrf=0.5,
+        replay_loss=replay_loss,
+        drafts=[""] * len(distances),
+        distances=distances,
+    )
+
+
+ACTIVE = scores((0.5, 0.6, 0.7, 0.4))
+CANDIDATE = scores((0.3, 0.5, 0.4, 0.4))  # gains 0.2, 0.1, 0.3, 0.0
+
+
+def test_the_paired_gain_matches_a_hand_computed_example():
+    mean = (0.2 + 0.1 + 0.3 + 0.0) / 4  # 0.15
+    sd = math.sqrt(((0.2 - mean) ** 2 + (0.1 - mean) ** 2 + (0.3 - mean) ** 2 + (0.0 - mean) ** 2) / 3)  # 0.1291
+    half = T_975_DF3 * sd / math.sqrt(4)  # 0.2054
+    t = mean / (sd / math.sqrt(4))  # 2.3238
+    # One-sided p for 3 degrees of freedom, in closed form: 1/2 - (atan(t/√3) + t√3 / (3 + t²)) / π.
+    p_value = 0.5 - (math.atan(t / math.sqrt(3)) + t * math.sqrt(3) / (3 + t * t)) / math.pi  # 0.0514
+
+    gain = paired_gain(ACTIVE, CANDIDATE)
+
+    assert gain.items == 4
+    assert gain.mean == pytest.approx(0.15)
+    assert gain.low == pytest.approx(mean - half, abs=1e-5)
+    assert gain.high == pytest.approx(mean + half, abs=1e-5)
+    assert gain.low == pytest.approx(-0.0554, abs=1e-4) and gain.high == pytest.approx(0.3554, abs=1e-4)
+    assert gain.p_value == pytest.approx(p_value, abs=1e-6)
+    assert (gain.wins, gain.ties, gain.losses) == (3, 1, 0)
+    assert gain.as_dict()["ci95"] == [gain.low, gain.high]
+
+
+def test_identical_gains_have_no_spread_and_one_item_has_no_interval():
+    same = paired_gain(scores((0.5, 0.5, 0.5)), scores((0.4, 0.4, 0.4)))
+    one = paired_gain(scores((0.5,)), scores((0.1,)))
+
+    assert (same.low, same.high, same.p_value) == pytest.approx((0.1, 0.1, 0.0))
+    assert (same.wins, same.ties, same.losses) == (3, 0, 0)
+    assert (one.low, one.high, one.p_value) == (-math.inf, math.inf, 1.0)
+
+
+def test_a_candidate_better_on_average_but_not_confidently_is_refused():
+    promote, reasons = decide(ACTIVE, CANDIDATE, margin=0.02, replay_tolerance=0.02)
+
+    assert CANDIDATE.edit_distance <= ACTIVE.edit_distance - 0.02  # 0.40 against 0.55: past the margin
+    assert promote is False
+    assert reasons[0].endswith("better by the margin")
+    assert "95% CI [-0.055, +0.355]" in reasons[1] and reasons[1].endswith("not confidently better")
+
+
+def test_a_candidate_better_on_every_item_is_promoted_unless_it_forgot_earlier_data():
+    active = scores((0.5, 0.6, 0.7, 0.4), replay_loss=2.0)
+    better = scores((0.3, 0.45, 0.5, 0.25), replay_loss=2.03)  # gains 0.2, 0.15, 0.2, 0.15
+    forgetful = scores((0.3, 0.45, 0.5, 0.25), replay_loss=2.05)  # 2.5% above the active version's replay loss
+
+    promoted, reasons = decide(active, better, margin=0.02, replay_tolerance=0.02)
+    refused, why = decide(active, forgetful, margin=0.02, replay_tolerance=0.02)
+
+    assert promoted is True and reasons[1].endswith("confidently better") and reasons[2].endswith("no regression")
+    assert refused is False and why[2].endswith("regressed beyond 2%")
+
+
+@pytest.fixture
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_a_long_reference_is_cut_to_the_drafts_token_limit_and_a_short_one_is_unchanged(tokenizer):
+    long = "Hi Dana, thank you for your message about order 1042. Your parcel left our warehouse today. " * 5
+    short = "Best regards, The Brightwater Support Team."
+    short_length = len(tokenizer(short, add_special_tokens=False)["input_ids"])
+
+    cut = capped_reference(tokenizer, long, 10)
+
+    assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) == 10
+    assert long.startswith(cut) and len(cut) < len(long)
+    assert capped_reference(tokenizer, short, 256) == short
+    assert capped_reference(tokenizer, short, short_length) == short  # exactly at the limit: whole
+    one_less = capped_reference(tokenizer, short, short_length - 1)
+    assert short.startswith(one_less) and one_less != short
+
+
+# --- runs on the tiny model ----------------------------------------------------------------
+
+LEARN = {"epochs": 2, "min_steps": 0, "learning_rate": 0.01, "batch_size": 4, "lora_rank": 8, "checkpoint_every": 50}
+GENERAL = (
+    [Example([{"role": "user", "content": "Say hi."}], "Hi.", 1.0)],
+    [Example([{"role": "user", "content": "Bye?"}], "Bye.", 1.0)],
+)
+
+
+@pytest.fixture(autouse=True)
+def adapters_in_tmp(settings, tmp_path):
+    settings.SORA_ADAPTERS_DIR = tmp_path / "adapters"
+    settings.SORA_REPLAY_DIR = tmp_path / "replay"
+
+
+@pytest.fixture
+def short_domain(domain, settings, monkeypatch):
+    settings.SORA_HELDOUT_PERCENT = 30
+    settings.SORA_FINETUNE_QUIET_SECONDS = 0
+    domain.sampling = {"max_new_tokens": 12}
+    domain.save()
+    monkeypatch.setattr(finetune_runner, "general_examples", lambda base_model: GENERAL)
+    return domain
+
+
+def approve(reviewer, domain, count: int, final_text: str) -> list[int]:
+    """Approve `count` corrected items; their item ids."""
+    ids = []
+    for n in range(count):
+        item = ItemFactory(domain=domain, input=f"Customer message {n}: where is my parcel?", draft=f"Draft {n}.")
+        claimed = services.item_claim_next(reviewer=reviewer)
+        services.review_submit(
+            item_id=claimed.pk, reviewer=reviewer, decision="approve", version=claimed.version, final_text=final_text
+        )
+        ids.append(item.pk)
+    return ids
+
+
+def run_job(django_capture_on_commit_callbacks, **kwargs) -> FineTuneJob:
+    with django_capture_on_commit_callbacks(execute=True):
+        job = finetune_job_start(**kwargs)
+    job.refresh_from_db()
+    return job
+
+
+def held_out(item_ids: list[int]) -> int:
+    return sum(1 for item_id in item_ids if datasets.example_split(item_id) == datasets.HELDOUT)
+
+
+def test_too_few_held_out_items_and_the_gate_keeps_the_candidate_without_deciding(
+    reviewer, manager, short_domain, tiny_model, settings, django_capture_on_commit_callbacks
+):
+    settings.SORA_EVAL_MIN_ITEMS = 40
+    approve(reviewer, short_domain, 20, final_text="Best regards, The Brightwater Support Team.")
+
+    job = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
+
+    assert (job.status, job.outcome) == ("succeeded", "kept_as_candidate"), job.error
+    report = job.evaluation
+    held = job.snapshot.heldout_count
+    assert 0 < held < 40
+    assert (report["decided"], report["promote"], report["heldout_items"], report["min_items"]) == (
+        False,
+        False,
+        held,
+        40,
+    )
+    (reason,) = report["reasons"]
+    assert f"only {held} held-out items" in reason and "at least 40" in reason
+    assert "active" not in report and "candidate" not in report  # neither version wrote a draft
+    assert job.candidate.status == ModelVersion.Status.CANDIDATE
+    assert active_version_for(domain_id=short_domain.pk) == tiny_model
+
+
+def test_the_second_round_is_decided_on_its_own_held_out_items_only(
+    reviewer, manager, short_domain, tiny_model, settings, django_capture_on_commit_callbacks
+):
+    settings.SORA_EVAL_MIN_ITEMS = 1000  # no version writes drafts here: the decision set is what is looked at
+    first_ids = []
+    while held_out(first_ids) < 1 or held_out(first_ids) == len(first_ids):  # some of each side
+        first_ids += approve(reviewer, short_domain, 6, final_text="Round one: best regards.")
+    first = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
+    assert first.status == "succeeded", first.error
+    second_ids = []
+    while held_out(second_ids) < 2:  # the split is a hash of the item: approve until this round holds some out
+        second_ids += approve(reviewer, short_domain, 4, final_text="Round two: kind regards.")
+
+    second = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
+
+    assert second.status == "succeeded", second.error
+    # The first round's held-out items are still in the snapshot, but not in what this round is decided on.
+    assert second.snapshot.heldout_count == held_out(first_ids) + held_out(second_ids)
+    assert second.evaluation["heldout_items"] == held_out(second_ids)
+    decided_on = finetune_runner.decision_set(second)
+    assert [e.completion for e in decided_on] == ["Round two: kind regards."] * held_out(second_ids)
