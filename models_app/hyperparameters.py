@@ -18,11 +18,11 @@ class TrainingSettings:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     replay_ratio: float = 0.5  # earlier examples mixed in per new example, against forgetting
-    # Share of training prompts that carry retrieved approved examples, as served drafts do (models_app/retrieval.py).
-    # 0 by default: such a prompt is about three times as long, and so is a training step (16 s against about 5 s
-    # per step of 4 on 2 CPU cores, bench/learning.py); plain prompts teach the style itself, and the served
-    # draft has the examples on top. A GPU deployment may raise it.
-    retrieval_share: float = 0.0
+    # Share of training prompts that carry retrieved approved examples, as served drafts do (models_app/retrieval.py);
+    # the rest are plain, so the adapter learns the style itself and not only to copy from examples. With none, an
+    # adapter trained on plain prompts met the gate's prompts (which have the examples) unprepared: the tiny test
+    # model's candidates stopped beating their parents (tests/models_app/test_finetuning.py).
+    retrieval_share: float = 0.5
     checkpoint_every: int = 25  # steps
     seed: int = 0
 
