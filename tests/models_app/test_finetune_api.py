@@ -23,6 +23,7 @@ LEARN = {"epochs": 6, "learning_rate": 0.01, "batch_size": 4, "lora_rank": 8}
 @pytest.fixture
 def approved(domain, reviewer, tiny_model, settings):
     settings.SORA_HELDOUT_PERCENT = 30
+    settings.SORA_EVAL_MIN_ITEMS = 3  # the tiny model learns fast: a handful of held-out items decides
     domain.sampling = {"max_new_tokens": 12}
     domain.save()
     for n in range(30):
