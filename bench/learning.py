@@ -8,8 +8,8 @@
 Each house style is a fictional shop generated from its seed: its name, products, order numbers,
 greeting, opening line, sign-off (a team or a named agent), facts (refund days, update times) and
 length (a closing line or none), and the wording of its answer to each of nine kinds of request.
-Styles 0 and 1 are for tuning (the product's defaults were chosen on them); styles 2–5 are the test
-styles, reported on and never looked at while choosing settings.
+Styles 0–2 are for tuning (the product's defaults were chosen on them); styles 3–6 are the test
+styles, reported on and never looked at while choosing settings (TUNE_STYLES says why style 2 moved).
 
 Each style runs on the product as a new user meets it: a fresh data directory, `migrate`,
 `prepare_model` (the converted SmolLM2 folder), `seed_demo`, and `manage.py sora_serve` (Daphne,
@@ -17,12 +17,14 @@ the Celery workers with beat, embedded Redis), driven only through the REST API 
 logins and the product's defaults (threshold 50, quiet period, gate, automatic promotion):
 
 1. M held-out customer messages of two kinds the style never trains on are submitted and drafted
-   by the base model (`before`), and approved unchanged, as a busy reviewer would;
+   by the base model (`before`); they are never reviewed, so nothing measured is trained on;
 2. N review-only items (default 80) of the other seven kinds are approved with the style's reply
    as the correction; the M held-out messages are submitted again: drafts with retrieval alone
    (`retrieval`: the base model, with the most similar approved corrections in the prompt);
 3. the threshold starts a fine-tune job once the approvals have been quiet; its gate decides; the M
-   held-out messages are drafted again by whatever is now active (`round 1`);
+   held-out messages are drafted again by whatever is now active (`round 1`); when the gate kept the
+   candidate, a manager then promotes it by hand, the M are drafted by it (`round 1, candidate`, what
+   the gate turned down), and the manager rolls back;
 4. N2 more corrections (default 80), a second job, and the M messages once more (`round 2`).
 
 Measured: mean normalised word edit distance (annotations.diffing.word_edit_distance) and chrF
@@ -59,12 +61,15 @@ if str(ROOT) not in sys.path:
 
 from bench._machine import git_state, loadavg, machine_info, torch_info  # noqa: E402
 
-TUNE_STYLES = [0, 1]
-TEST_STYLES = [2, 3, 4, 5]
+# Style 2 was a test style until its run (2026-12-02) led to the gate's signed-rank test: it is a tuning style now,
+# and style 6 (a shop of its own) took its place.
+TUNE_STYLES = [0, 1, 2]
+TEST_STYLES = [3, 4, 5, 6]
 TARGET_FALL = 0.30
 TARGET_REPLAY_REGRESSION = 0.02
 DOMAIN = "customer_service"
 JOB_TIMEOUT_S = 3600
+NO_JOB_TIMEOUT_S = 600  # the quiet period is 120 s
 DRAFT_TIMEOUT_S = 1800
 
 # =============================================================================
@@ -84,6 +89,10 @@ SHOPS = [
      "sketchbook bundle", "glue gun"], ["craft smock", "felt slippers", "fingerless gloves"]),
     ("Copperleaf Garden Centre", "CG", ["terracotta planter", "hose reel", "pruning shears", "seed starter tray",
      "garden kneeler", "solar lantern"], ["gardening gloves", "wellington boots", "garden gilet"]),
+    ("Brackenridge Cycle Works", "BC", ["bike pump", "saddle bag", "set of bike lights", "chain cleaning kit",
+     "bottle cage", "folding lock"], ["cycling jersey", "padded shorts", "wind jacket"]),
+    ("Fernhollow Tea Company", "FT", ["loose-leaf sampler", "cast-iron teapot", "tea caddy", "glass infuser mug",
+     "bamboo tea tray", "matcha whisk set"], ["linen tea towel", "barista apron", "wool tea cosy"]),
 ]  # fmt: skip
 GREETINGS = ["Hi {first},", "Dear {first} {last},", "Hello {first},", "Good morning {first},"]
 OPENERS = [
@@ -472,12 +481,18 @@ def wait_job(api: Api, after_id: int, label: str) -> dict:
     """The first threshold job after `after_id`, once finished (started by the product itself, not by us)."""
     from tqdm import tqdm
 
-    deadline = time.monotonic() + JOB_TIMEOUT_S
+    started = time.monotonic()
+    deadline = started + JOB_TIMEOUT_S
     bar = tqdm(desc=f"  {label}: fine-tune job", unit="step", file=sys.stderr)
     try:
         while time.monotonic() < deadline:
             jobs = api.call("GET", "/finetune-jobs/", params={"domain": DOMAIN})["results"]
             mine = [j for j in jobs if j["id"] > after_id]
+            if not mine and time.monotonic() - started > NO_JOB_TIMEOUT_S:
+                raise RuntimeError(
+                    f"{label}: no threshold job within {NO_JOB_TIMEOUT_S} s of the last approval (below the "
+                    "threshold, or too few of the corrections held out for the gate: SORA_EVAL_MIN_ITEMS)"
+                )
             if mine:
                 job = api.call("GET", f"/finetune-jobs/{min(j['id'] for j in mine)}/")
                 bar.total = job.get("total_steps") or None
@@ -489,6 +504,13 @@ def wait_job(api: Api, after_id: int, label: str) -> dict:
     finally:
         bar.close()
     raise RuntimeError(f"{label}: no finished threshold job within {JOB_TIMEOUT_S} s")
+
+
+def by_name(api: Api, name: str) -> dict:
+    found = [v for v in api.call("GET", "/models/")["results"] if v["name"] == name]
+    if not found:
+        raise RuntimeError(f"no model version {name!r}")
+    return found[0]
 
 
 def job_summary(job: dict) -> dict:
@@ -539,10 +561,10 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
         manager = Api(product.port, "manager")
         heldout = data["heldout"]
 
-        # Priorities above the demo items' (at most 5), so that the reviewer's claims reach this batch first.
-        ids = submit(integration, heldout, "before", priority=60, with_draft=False)
+        # Measured messages come after the demo items (priorities up to 5) and are never claimed: the corrections,
+        # above both, are what the reviewer's claims reach.
+        ids = submit(integration, heldout, "before", priority=-5, with_draft=False)
         result["phases"]["before"] = score_drafts(wait_drafted(integration, ids, "before"), heldout)
-        approve_all(reviewer, {i: None for i in ids}, "before")  # the busy reviewer: approved as drafted
 
         last_job = max([j["id"] for j in manager.call("GET", "/finetune-jobs/")["results"]], default=0)
         for round_name in ("round1", "round2"):
@@ -560,6 +582,14 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
             result["jobs"].append(job_summary(job))
             ids = submit(integration, heldout, f"after-{round_name}", priority=-5, with_draft=False)
             result["phases"][round_name] = score_drafts(wait_drafted(integration, ids, round_name), heldout)
+            if job["outcome"] == "kept_as_candidate" and job["candidate"]:
+                # What the gate turned down: the candidate promoted by hand, measured, and rolled back.
+                name = f"{round_name}_candidate"
+                version = by_name(manager, job["candidate"])
+                manager.call("POST", f"/models/{version['id']}/promote/", json={})
+                ids = submit(integration, heldout, f"after-{name}", priority=-5, with_draft=False)
+                result["phases"][name] = score_drafts(wait_drafted(integration, ids, name), heldout)
+                manager.call("POST", f"/models/{version['id']}/rollback/", json={})
     finally:
         product.stop()
         if not args.keep:
@@ -644,8 +674,9 @@ def render(results: dict) -> str:
         f"corrections per round: {results['train']} (round 2: {results['round2']}); held-out messages of kinds never "
         f"trained on: {results['heldout']}",
         "",
-        "| style | shop | set | before | retrieval only | round 1 | round 2 | gate (round 1) | replay regression |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| style | shop | set | before | retrieval only | round 1 | round 1, candidate if kept | round 2 "
+        "| gate (round 1) | replay regression |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["styles"]:
         p, f = r["phases"], r["falls"]
@@ -672,7 +703,7 @@ def render(results: dict) -> str:
         kind = "tuning" if r["number"] in TUNE_STYLES else "test"
         lines.append(
             f"| {r['number']} | {r['style']['shop']} | {kind} | {cell('before')} | {cell('retrieval')} | "
-            f"{cell('round1')} | {cell('round2')} | {gate} | {regression} |"
+            f"{cell('round1')} | {cell('round1_candidate')} | {cell('round2')} | {gate} | {regression} |"
         )
     lines += ["", "edit distance: mean normalised word edit distance, draft → the style's reply; (fall vs before)"]
     for r in results["styles"]:

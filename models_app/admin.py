@@ -237,19 +237,18 @@ class FineTuneJobAdmin(admin.ModelAdmin):
         table = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows)
         reasons = format_html_join("", "<li>{}</li>", ((reason,) for reason in report["reasons"]))
         confidence = report.get("confidence")
-        gain = (
-            format_html(
-                " Paired gain {} (95% CI {} to {}; {} better, {} same, {} worse).",
+        gain = ""
+        if confidence:
+            interval = confidence.get("ci95")
+            gain = format_html(
+                " Paired gain {} ({}{} better, {} same, {} worse; signed-rank p = {}).",
                 f"{confidence['mean_gain']:+.3f}",
-                f"{confidence['ci95'][0]:+.3f}",
-                f"{confidence['ci95'][1]:+.3f}",
+                f"95% CI {interval[0]:+.3f} to {interval[1]:+.3f}; " if interval else "",
                 confidence["wins"],
                 confidence["ties"],
                 confidence["losses"],
+                f"{confidence['p_value']:.3f}",
             )
-            if confidence
-            else ""
-        )
         return format_html(
             "<table><thead><tr><th>version</th><th>edit distance</th><th>chrF</th><th>replay loss</th></tr></thead>"
             "<tbody>{}</tbody></table><p>{} held-out items of this round, {} replay items.{} Promote: {}.</p>"

@@ -125,12 +125,24 @@ def _usable(domain: Domain):
     return usable_examples(domain_id=domain.pk)
 
 
-def new_examples_count(*, domain: Domain) -> int:
-    """Examples that teach something (weight > 0) and no finished run has trained on yet: what the fine-tune
-    threshold counts."""
+def new_examples_count(*, domain: Domain, split: str | None = None) -> int:
+    """Examples that teach something (weight > 0) and no finished run has trained on yet, of one split or both:
+    what the fine-tune threshold counts."""
     trained = _trained_ids(domain)
-    teaching = _usable(domain).filter(weight__gt=0).values_list("id", flat=True)
-    return sum(1 for example_id in teaching if example_id not in trained)
+    teaching = _usable(domain).filter(weight__gt=0).values_list("id", "item_id")
+    return sum(
+        1
+        for example_id, item_id in teaching
+        if example_id not in trained and (split is None or example_split(item_id) == split)
+    )
+
+
+def snapshot_teaching_count(*, snapshot: DatasetSnapshot, split: str) -> int:
+    """The snapshot's examples of `split` that teach something (weight > 0)."""
+    teaching = set(
+        TrainingExample.objects.filter(domain_id=snapshot.domain_id, weight__gt=0).values_list("id", flat=True)
+    )
+    return sum(1 for entry in snapshot.manifest if entry[2] == split and entry[0] in teaching)
 
 
 def last_approval_at(*, domain: Domain):

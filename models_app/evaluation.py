@@ -13,8 +13,9 @@ The approved text is cut to the drafts' own token limit before it is scored: a d
 longer than max_new_tokens, so the part of a reference beyond it is not held against either version.
 
 The candidate is promoted when, on the same held-out items, its edit distance is lower by at least
-`margin` on average, the 95% confidence interval of that paired gain lies above zero, and its replay
-loss is no more than `replay_tolerance` (relative) above the active version's. Too few items and the
+`margin` on average, a one-sided Wilcoxon signed-rank test of the paired gains says it is better
+(p < ALPHA; paired_gain says why ranks and not the mean's t interval, which is reported beside it),
+and its replay loss is no more than `replay_tolerance` (relative) above the active version's. Too few items and the
 gate does not decide at all (finetune_runner: SORA_EVAL_MIN_ITEMS).
 """
 
@@ -33,6 +34,8 @@ from .inference.local import LocalBackend, model_cache
 from .training import Example, collate, completion_logits, weighted_loss
 
 CHRF_ORDER, CHRF_BETA = 6, 2.0
+# The gate promotes only when a candidate this much better would arise by chance less often than this.
+ALPHA = 0.05
 
 
 def chrf(hypothesis: str, reference: str) -> float:
@@ -106,9 +109,9 @@ class PairedGain:
 
     items: int
     mean: float
-    low: float  # 95% confidence interval of the mean gain (Student's t over the paired differences)
-    high: float
-    p_value: float  # one-sided: the chance of a gain this large if the candidate were no better
+    low: float | None  # 95% confidence interval of the mean gain (Student's t); None below two items
+    high: float | None
+    p_value: float  # Wilcoxon signed-rank, one-sided: the chance of gains ranked this well if neither were better
     wins: int
     ties: int
     losses: int
@@ -117,31 +120,39 @@ class PairedGain:
         return {
             "items": self.items,
             "mean_gain": self.mean,
-            "ci95": [self.low, self.high],
+            "ci95": None if self.low is None else [self.low, self.high],
             "p_value": self.p_value,
+            "test": "wilcoxon signed-rank, one-sided",
             "wins": self.wins,
             "ties": self.ties,
             "losses": self.losses,
         }
 
 
+# A paired difference smaller than this is a tie (the same draft, or the same number of edits).
+TIE = 1e-9
+
+
 def paired_gain(active: Scores, candidate: Scores) -> PairedGain:
+    """The paired gains (active − candidate distance per item), their mean and t interval (how large), and the
+    Wilcoxon signed-rank test (whether): per-item edit distances are bounded, skewed and often tied, so one odd
+    item can swing a mean's interval across zero while the ranks still show a candidate better on most items.
+    Ties (equal drafts) are left out of the ranks, as Wilcoxon's own procedure does."""
     gains = [a - c for a, c in zip(active.distances, candidate.distances, strict=True)]
     n = len(gains)
     mean = sum(gains) / n if n else 0.0
-    if n < 2:
-        return PairedGain(n, mean, -math.inf, math.inf, 1.0, 0, n, 0)
-    sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1))
-    if sd == 0:
-        low = high = mean
-        p_value = 0.0 if mean > 0 else 1.0
-    else:
-        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    wins = sum(1 for g in gains if g > TIE)
+    losses = sum(1 for g in gains if g < -TIE)
+    low = high = None
+    if n >= 2:
+        sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1))
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
         low, high = mean - half, mean + half
-        p_value = float(stats.t.sf(mean / (sd / math.sqrt(n)), n - 1))
-    wins = sum(1 for g in gains if g > 1e-9)
-    losses = sum(1 for g in gains if g < -1e-9)
-    return PairedGain(n, mean, float(low), float(high), p_value, wins, n - wins - losses, losses)
+    untied = [g for g in gains if abs(g) > TIE]
+    p_value = 1.0
+    if untied:
+        p_value = float(stats.wilcoxon(untied, alternative="greater").pvalue)
+    return PairedGain(n, mean, low, high, p_value, wins, n - wins - losses, losses)
 
 
 def replay_loss(ref: ModelRef, examples: list[Example], batch_size: int = 4, max_length: int = 768) -> float:
@@ -157,21 +168,24 @@ def replay_loss(ref: ModelRef, examples: list[Example], batch_size: int = 4, max
     return sum(losses) / len(examples)
 
 
-def decide(active: Scores, candidate: Scores, *, margin: float, replay_tolerance: float) -> tuple[bool, list[str]]:
+def decide(
+    active: Scores, candidate: Scores, *, margin: float, replay_tolerance: float, alpha: float = ALPHA
+) -> tuple[bool, list[str]]:
     """Promote? and why, in words for the report."""
     reasons = []
     gain = paired_gain(active, candidate)
     by_margin = candidate.edit_distance <= active.edit_distance - margin
-    confident = gain.low > 0
+    confident = gain.p_value < alpha
     better = by_margin and confident
     reasons.append(
         f"edit distance {candidate.edit_distance:.3f} vs {active.edit_distance:.3f}: "
         + ("better by the margin" if by_margin else f"not better by {margin:.3f}")
     )
+    interval = "" if gain.low is None else f", 95% CI of the mean [{gain.low:+.3f}, {gain.high:+.3f}]"
     reasons.append(
-        f"paired gain {gain.mean:+.3f} on {gain.items} items, 95% CI [{gain.low:+.3f}, {gain.high:+.3f}], "
-        f"{gain.wins} better / {gain.ties} same / {gain.losses} worse: "
-        + ("confidently better" if confident else "not confidently better")
+        f"paired gain {gain.mean:+.3f} on {gain.items} items{interval}, "
+        f"{gain.wins} better / {gain.ties} same / {gain.losses} worse, signed-rank p = {gain.p_value:.3f}: "
+        + ("confidently better" if confident else f"not confidently better (p ≥ {alpha})")
     )
     kept = True
     if active.replay_loss is not None and candidate.replay_loss is not None:

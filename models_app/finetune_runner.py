@@ -153,7 +153,7 @@ class RunData:
 
 def training_examples(job: FineTuneJob) -> RunData:
     """The snapshot's new training examples that teach something (weight > 0; all teaching examples when none
-    are new: a manual re-run), a share of them with retrieved examples in the prompt as drafts are served,
+    are new: a manager's re-run), a share of them with retrieved examples in the prompt as drafts are served,
     plus replay of ceil(new × replay_ratio): earlier examples and the model's drafts approved unchanged, and
     where those run short the base model's own answers to general prompts, so the first round has replay
     too. Forgetting is measured on earlier examples this run did not see again and on general prompts no
@@ -273,13 +273,16 @@ def _promotion_blocker(job: FineTuneJob) -> str:
 def decision_set(job: FineTuneJob) -> list[Example]:
     """The held-out items the gate decides on: those of this round (new since the last finished run) that
     teach something, so that a new house style is judged on itself and not averaged with earlier data (which
-    the forgetting check covers); all teaching held-out items when none are new. The newest
+    the forgetting check covers); all teaching held-out items when the snapshot holds nothing new (a manager's
+    re-run). The newest
     SORA_EVAL_MAX_ITEMS, each prompted with the examples retrieval finds among the snapshot's training
     split, the same for both versions."""
     heldout = datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.HELDOUT)
     new_ids = datasets.snapshot_new_ids(snapshot=job.snapshot)
     teaching = [e for e in heldout if e.weight > 0]
-    chosen = ([e for e in teaching if e.pk in new_ids] or teaching)[-settings.SORA_EVAL_MAX_ITEMS :]
+    # A round with too few new held-out items is refused by the caller, not judged on earlier data.
+    this_round = [e for e in teaching if e.pk in new_ids] if new_ids else teaching
+    chosen = this_round[-settings.SORA_EVAL_MAX_ITEMS :]
     pool = [e for e in datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.TRAIN) if e.weight > 0]
     retriever, k = Retriever(shots_from(pool)), job.domain.retrieval_examples
     examples = []

@@ -81,8 +81,11 @@ def finetune_job_start(
     try:
         with transaction.atomic():
             snapshot = datasets.snapshot_create(domain=domain, user=user)
-            if snapshot.train_count == 0:
-                raise Conflict(f"The domain {domain.slug!r} has no approved examples to train on yet.")
+            if datasets.snapshot_teaching_count(snapshot=snapshot, split=datasets.TRAIN) == 0:
+                raise Conflict(
+                    f"The domain {domain.slug!r} has no corrections to train on yet (drafts approved unchanged "
+                    "teach nothing new)."
+                )
             job = FineTuneJob.objects.create(
                 domain=domain,
                 run_key=uuid.uuid4(),
@@ -102,12 +105,16 @@ def finetune_job_start(
 def finetune_check(*, domain: Domain) -> FineTuneJob | None:
     """Start a run when the domain's new examples reached its threshold, none is running, and approvals have
     been quiet for SORA_FINETUNE_QUIET_SECONDS: a burst of approvals (an import, a reviewing session) trains
-    as one run on all of it, not as a run on whatever had arrived when the threshold was crossed. Each
+    as one run on all of it, not as a run on whatever had arrived when the threshold was crossed. It also waits
+    until SORA_EVAL_MIN_ITEMS of the new examples are held out (datasets.example_split), so that the run's gate
+    can decide instead of refusing after the training (a manager may still start a run by hand). Each
     approval schedules a check for the end of its quiet period (tasks.finetune_check_soon)."""
     if FineTuneJob.objects.filter(domain=domain, status__in=FineTuneJob.UNFINISHED).exists():
         return None
     if datasets.new_examples_count(domain=domain) < max(domain.finetune_threshold, 1):
         return None
+    if datasets.new_examples_count(domain=domain, split=datasets.HELDOUT) < settings.SORA_EVAL_MIN_ITEMS:
+        return None  # the gate could not decide on this round: wait for more held-out corrections
     last = datasets.last_approval_at(domain=domain)
     if last is not None and timezone.now() - last < timedelta(seconds=settings.SORA_FINETUNE_QUIET_SECONDS):
         return None  # still busy: the check scheduled by the latest approval comes after its quiet period

@@ -159,8 +159,7 @@ class ChunkStream:
         return "".join(self.sent) + "".join(self.pending)
 
     def add(self, piece: str) -> None:
-        # A NUL can be decoded (a small model's stray byte token) but not stored: PostgreSQL text refuses it.
-        self.pending.append(piece.replace("\x00", "\ufffd"))
+        self.pending.append(piece)
         # The first chunk goes at once: time to first text is what a watching reviewer feels most.
         due = time.monotonic() - self.last_flush >= self.flush_seconds
         if self.seq == 0 or len(self.pending) >= self.flush_pieces or due:

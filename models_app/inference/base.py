@@ -48,6 +48,12 @@ class ModelRef:
     name: str = ""  # the version's name: how an OpenAI-compatible server (vLLM --lora-modules) knows an adapter
 
 
+def storable_text(piece: str) -> str:
+    """A decoded piece as it may be stored: a NUL (a small model's stray byte token, or a server's) becomes
+    U+FFFD, since PostgreSQL's text and jsonb refuse NUL."""
+    return piece.replace("\x00", "\ufffd")
+
+
 class Backend(Protocol):
     def generate(
         self,
@@ -59,7 +65,7 @@ class Backend(Protocol):
     ) -> GenerationOutput:
         """Generate a reply to chat `messages`, calling `on_text` with each new piece of text as it is decoded.
 
-        The pieces concatenate to the returned text. `should_stop` is asked between
+        The pieces concatenate to the returned text, each passed through storable_text. `should_stop` is asked between
         decoding steps; when it says yes the backend stops and returns what it has,
         with cancelled=True. Raises GenerationFailed for errors people should see.
         """

@@ -25,7 +25,7 @@ from transformers import (
     TextStreamer,
 )
 
-from .base import GenerationFailed, GenerationOutput, ModelRef, Sampling
+from .base import GenerationFailed, GenerationOutput, ModelRef, Sampling, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ class LocalBackend:
         pieces: list[str] = []
 
         def collect(text: str) -> None:
+            text = storable_text(text)
             pieces.append(text)
             on_text(text)
 

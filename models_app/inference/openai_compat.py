@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
-from .base import GenerationFailed, GenerationOutput, ModelRef, Sampling
+from .base import GenerationFailed, GenerationOutput, ModelRef, Sampling, storable_text
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=10.0, pool=5.0)
 
@@ -76,7 +76,7 @@ class OpenAIBackend:
                         detail = error.get("message") if isinstance(error, dict) else error
                         raise GenerationFailed(f"The inference server failed mid-stream: {str(detail)[:300]}")
                     for choice in event.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") or ""
+                        text = storable_text((choice.get("delta") or {}).get("content") or "")
                         if text:
                             pieces.append(text)
                             on_text(text)

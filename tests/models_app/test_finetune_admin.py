@@ -134,7 +134,7 @@ def test_a_refused_start_is_a_message_and_reviewers_never_reach_the_admin(
     client.force_login(staff_manager)
     response = action(client, "annotations_domain", "start_finetune", [domain.pk])
     assert response.status_code == 200
-    assert any("no approved examples" in text for text in texts(response))
+    assert any("no corrections to train on" in text for text in texts(response))
 
     client.force_login(reviewer)
     assert client.get(reverse("admin:models_app_finetunejob_changelist")).status_code == 302

@@ -111,6 +111,7 @@ def test_a_domain_reaching_its_threshold_starts_a_run_by_itself(
     reviewer, short_domain, tiny_model, settings, django_capture_on_commit_callbacks, monkeypatch
 ):
     settings.SORA_FINETUNE_AUTO = True
+    settings.SORA_EVAL_MIN_ITEMS = 0  # the wait for held-out items: test_learning_data.py
     short_domain.finetune_threshold = 5
     short_domain.save()
     queued = []
@@ -202,7 +203,7 @@ def test_one_unfinished_job_per_domain(reviewer, manager, short_domain, tiny_mod
 
 
 def test_nothing_to_train_on_or_no_model_is_refused(manager, short_domain, tiny_model):
-    with pytest.raises(Conflict, match="no approved examples"):
+    with pytest.raises(Conflict, match="no corrections to train on"):
         finetune_job_start(domain=short_domain, user=manager)
     assert DatasetSnapshot.objects.count() == 0  # the refused start left nothing behind
 

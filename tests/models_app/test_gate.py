@@ -1,8 +1,8 @@
 """The evaluation gate: a paired comparison on this round's held-out items, with a confidence interval and a minimum.
 
-The statistics are checked against numbers worked out by hand (Student's t with literal constants); the runs use
-the tiny model, with the base model's general answers replaced by a fixed short list (general_replay has its own
-tests in test_learning_data.py).
+The statistics are checked against numbers worked out by hand (Student's t with literal constants, the signed-rank
+test by counting sign patterns); the runs use the tiny model, with the base model's general answers replaced by a
+fixed short list (general_replay has its own tests in test_learning_data.py).
 """
 
 import math
@@ -40,10 +40,8 @@ def test_the_paired_gain_matches_a_hand_computed_example():
     mean = (0.2 + 0.1 + 0.3 + 0.0) / 4  # 0.15
     sd = math.sqrt(((0.2 - mean) ** 2 + (0.1 - mean) ** 2 + (0.3 - mean) ** 2 + (0.0 - mean) ** 2) / 3)  # 0.1291
     half = T_975_DF3 * sd / math.sqrt(4)  # 0.2054
-    t = mean / (sd / math.sqrt(4))  # 2.3238
-    # One-sided p for 3 degrees of freedom, in closed form: 1/2 - (atan(t/√3) + t√3 / (3 + t²)) / π.
-    p_value = 0.5 - (math.atan(t / math.sqrt(3)) + t * math.sqrt(3) / (3 + t * t)) / math.pi  # 0.0514
-
+    # Signed ranks: the tie (0.0) is left out; 0.1, 0.2, 0.3 rank 1, 2, 3, all positive, so W+ = 6, the largest
+    # of the 2³ equally likely sign patterns: p = 1/8.
     gain = paired_gain(ACTIVE, CANDIDATE)
 
     assert gain.items == 4
@@ -51,18 +49,40 @@ def test_the_paired_gain_matches_a_hand_computed_example():
     assert gain.low == pytest.approx(mean - half, abs=1e-5)
     assert gain.high == pytest.approx(mean + half, abs=1e-5)
     assert gain.low == pytest.approx(-0.0554, abs=1e-4) and gain.high == pytest.approx(0.3554, abs=1e-4)
-    assert gain.p_value == pytest.approx(p_value, abs=1e-6)
+    assert gain.p_value == pytest.approx(1 / 8)
     assert (gain.wins, gain.ties, gain.losses) == (3, 1, 0)
     assert gain.as_dict()["ci95"] == [gain.low, gain.high]
 
 
-def test_identical_gains_have_no_spread_and_one_item_has_no_interval():
+# Better by 0.05 … 0.15 on eleven items, worse by 0.6 on the twelfth.
+ELEVEN_BETTER = tuple(round(0.05 + 0.01 * i, 2) for i in range(11))
+ACTIVE_12 = scores((0.3,) * 12)
+ONE_ODD_ITEM = scores(tuple(0.3 - g for g in ELEVEN_BETTER) + (0.9,))
+
+
+def test_one_odd_item_swings_the_mean_interval_but_not_the_ranks():
+    # By hand: the loss has the largest size, rank 12, so W− = 12; the sign patterns of ranks 1…12 with W− ≤ 12
+    # are the sets of distinct whole numbers summing to at most 12: 1+1+1+2+2+3+4+5+6+8+10+12+15 = 70 (partitions
+    # of 0…12 into distinct parts), so p = 70 / 2¹² = 0.01709.
+    gain = paired_gain(ACTIVE_12, ONE_ODD_ITEM)
+
+    assert gain.mean == pytest.approx((sum(ELEVEN_BETTER) - 0.6) / 12)  # 0.0417
+    assert gain.low < 0 < gain.high  # Student's t: the one loss widens the interval across zero
+    assert gain.p_value == pytest.approx(70 / 4096, abs=1e-9)
+    assert (gain.wins, gain.ties, gain.losses) == (11, 0, 1)
+
+
+def test_identical_gains_are_confident_and_one_item_has_no_interval():
     same = paired_gain(scores((0.5, 0.5, 0.5)), scores((0.4, 0.4, 0.4)))
     one = paired_gain(scores((0.5,)), scores((0.1,)))
+    no_change = paired_gain(scores((0.5, 0.4)), scores((0.5, 0.4)))
 
-    assert (same.low, same.high, same.p_value) == pytest.approx((0.1, 0.1, 0.0))
+    assert (same.low, same.high) == pytest.approx((0.1, 0.1))
+    assert same.p_value == pytest.approx(1 / 8)  # three untied wins: the best of 2³ sign patterns
     assert (same.wins, same.ties, same.losses) == (3, 0, 0)
-    assert (one.low, one.high, one.p_value) == (-math.inf, math.inf, 1.0)
+    assert (one.low, one.high, one.as_dict()["ci95"]) == (None, None, None)
+    assert one.p_value == pytest.approx(1 / 2)
+    assert no_change.p_value == 1.0 and no_change.ties == 2
 
 
 def test_a_candidate_better_on_average_but_not_confidently_is_refused():
@@ -71,17 +91,27 @@ def test_a_candidate_better_on_average_but_not_confidently_is_refused():
     assert CANDIDATE.edit_distance <= ACTIVE.edit_distance - 0.02  # 0.40 against 0.55: past the margin
     assert promote is False
     assert reasons[0].endswith("better by the margin")
-    assert "95% CI [-0.055, +0.355]" in reasons[1] and reasons[1].endswith("not confidently better")
+    assert "95% CI of the mean [-0.055, +0.355]" in reasons[1] and "signed-rank p = 0.125" in reasons[1]
+    assert reasons[1].endswith("not confidently better (p ≥ 0.05)")
+
+
+def test_a_candidate_better_on_most_items_is_promoted_though_one_item_is_worse():
+    promote, reasons = decide(ACTIVE_12, ONE_ODD_ITEM, margin=0.02, replay_tolerance=0.02)
+
+    assert promote is True
+    assert "11 better / 0 same / 1 worse, signed-rank p = 0.017" in reasons[1]
+    assert reasons[1].endswith("confidently better")
 
 
 def test_a_candidate_better_on_every_item_is_promoted_unless_it_forgot_earlier_data():
-    active = scores((0.5, 0.6, 0.7, 0.4), replay_loss=2.0)
-    better = scores((0.3, 0.45, 0.5, 0.25), replay_loss=2.03)  # gains 0.2, 0.15, 0.2, 0.15
-    forgetful = scores((0.3, 0.45, 0.5, 0.25), replay_loss=2.05)  # 2.5% above the active version's replay loss
+    active = scores((0.5, 0.6, 0.7, 0.4, 0.55), replay_loss=2.0)
+    better = scores((0.3, 0.45, 0.5, 0.25, 0.45), replay_loss=2.03)  # gains 0.2, 0.15, 0.2, 0.15, 0.1
+    forgetful = scores((0.3, 0.45, 0.5, 0.25, 0.45), replay_loss=2.05)  # 2.5% above the active version's
 
     promoted, reasons = decide(active, better, margin=0.02, replay_tolerance=0.02)
     refused, why = decide(active, forgetful, margin=0.02, replay_tolerance=0.02)
 
+    assert "signed-rank p = 0.031" in reasons[1]  # five untied wins: 1/2⁵
     assert promoted is True and reasons[1].endswith("confidently better") and reasons[2].endswith("no regression")
     assert refused is False and why[2].endswith("regressed beyond 2%")
 
@@ -201,3 +231,28 @@ def test_the_second_round_is_decided_on_its_own_held_out_items_only(
     assert second.evaluation["heldout_items"] == held_out(second_ids)
     decided_on = finetune_runner.decision_set(second)
     assert [e.completion for e in decided_on] == ["Round two: kind regards."] * held_out(second_ids)
+
+
+def test_a_round_with_no_held_out_items_of_its_own_is_not_decided_on_earlier_ones(
+    reviewer, manager, short_domain, tiny_model, settings, django_capture_on_commit_callbacks
+):
+    settings.SORA_EVAL_MIN_ITEMS = 1
+    first_ids = []
+    while held_out(first_ids) < 1 or held_out(first_ids) == len(first_ids):
+        first_ids += approve(reviewer, short_domain, 6, final_text="Round one: best regards.")
+    first = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
+    assert first.status == "succeeded", first.error
+    item = ItemFactory(domain=short_domain, input="Customer message: where is my parcel?", draft="Draft.")
+    while datasets.example_split(item.pk) == datasets.HELDOUT:  # this round's one correction: a training example
+        item.delete()
+        item = ItemFactory(domain=short_domain, input="Customer message: where is my parcel?", draft="Draft.")
+    claimed = services.item_claim_next(reviewer=reviewer)
+    services.review_submit(
+        item_id=claimed.pk, reviewer=reviewer, decision="approve", version=claimed.version, final_text="Round two."
+    )
+
+    second = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
+
+    assert finetune_runner.decision_set(second) == []
+    assert (second.evaluation["decided"], second.evaluation["heldout_items"]) == (False, 0)
+    assert "only 0 held-out items of this round" in second.evaluation["reasons"][0]

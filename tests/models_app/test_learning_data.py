@@ -14,6 +14,7 @@ import pytest
 from django.utils import timezone
 
 from annotations import services
+from annotations.exceptions import Conflict
 from models_app import datasets, finetune_runner, finetuning, general_replay, tasks
 from models_app.hyperparameters import TrainingSettings, planned_epochs, steps_for
 from models_app.inference.local import LocalBackend
@@ -110,6 +111,7 @@ def threshold_five(domain, settings, tiny_model, monkeypatch):
     settings.SORA_FINETUNE_AUTO = True
     settings.SORA_FINETUNE_QUIET_SECONDS = 60
     settings.SORA_HELDOUT_PERCENT = 0
+    settings.SORA_EVAL_MIN_ITEMS = 0
     domain.finetune_threshold = 5
     domain.save()
     scheduled = []
@@ -169,6 +171,30 @@ def test_the_quiet_period_does_not_start_a_run_below_the_threshold(threshold_fiv
 
     assert finetuning.finetune_check(domain=threshold_five.domain) is None
     assert FineTuneJob.objects.count() == 0
+
+
+def test_the_threshold_waits_until_the_gate_has_enough_held_out_items_to_decide(
+    threshold_five, reviewer, settings, monkeypatch
+):
+    settings.SORA_HELDOUT_PERCENT = 50
+    settings.SORA_EVAL_MIN_ITEMS = 3
+    domain = threshold_five.domain
+    later = timezone.now() + timedelta(seconds=3600)
+    monkeypatch.setattr(finetuning, "timezone", SimpleNamespace(now=lambda: later))
+    approved = 0
+    while datasets.new_examples_count(domain=domain, split=datasets.HELDOUT) < 2 or approved < 5:
+        approve_corrections(reviewer, domain, 1, start=approved)
+        approved += 1
+
+    assert datasets.new_examples_count(domain=domain) >= 5  # past the threshold, the approvals quiet
+    assert finetuning.finetune_check(domain=domain) is None  # but the gate could not decide on 2 held-out items
+    while datasets.new_examples_count(domain=domain, split=datasets.HELDOUT) < 3:
+        assert finetuning.finetune_check(domain=domain) is None
+        approve_corrections(reviewer, domain, 1, start=approved)
+        approved += 1
+
+    job = finetuning.finetune_check(domain=domain)
+    assert job is not None and job.snapshot.heldout_count == 3
 
 
 # --- epochs for small sets -----------------------------------------------------------
@@ -308,3 +334,14 @@ def test_kept_general_answers_split_into_replay_and_forgetting_leaving_out_empty
     assert [e.completion for e in forgetting] == [a for a in answers[train_part:] if a]
     assert replay[0].messages == [{"role": "user", "content": prompts[1]}]
     assert all(e.weight == 1.0 for e in replay + forgetting)
+
+
+def test_a_run_on_model_drafts_approved_unchanged_only_is_refused_up_front(
+    domain, reviewer, integration, manager, tiny_model, settings, django_capture_on_commit_callbacks
+):
+    settings.SORA_HELDOUT_PERCENT = 0
+    approve_model_drafts(reviewer, integration, domain, 3, django_capture_on_commit_callbacks)
+
+    with pytest.raises(Conflict, match="no corrections to train on"):
+        finetuning.finetune_job_start(domain=domain, user=manager)
+    assert FineTuneJob.objects.count() == 0

@@ -226,6 +226,14 @@ def test_nothing_after_done_is_read(server):
     assert output.token_logprobs == [-0.1, -0.25]
 
 
+def test_a_nul_from_the_server_arrives_as_a_replacement_character(server):
+    server.blocks = [chunk("Hello\u0000", None), chunk(" there", None), DONE]  # JSON's escape for NUL
+
+    output, pieces, _ = run(backend_for(server))
+
+    assert (pieces, output.text) == (["Hello\ufffd", " there"], "Hello\ufffd there")  # PostgreSQL stores it
+
+
 def test_chunks_without_logprobs_give_text_but_no_log_probabilities(server):
     server.blocks = [chunk("Hello", None), chunk(" there", None, logprobs=None), DONE]
 
