@@ -1,7 +1,11 @@
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.db.models import Q
+
+# More examples than this make prompts long and drafts slow on a small model, and crowd out the new input.
+MAX_RETRIEVAL_EXAMPLES = 8
 
 
 class Domain(models.Model):
@@ -34,6 +38,7 @@ class Domain(models.Model):
     )
     retrieval_examples = models.PositiveSmallIntegerField(
         default=2,
+        validators=[MaxValueValidator(MAX_RETRIEVAL_EXAMPLES)],
         help_text="Approved examples most like the new input shown to the model in each prompt (0: none).",
     )
     reviewers = models.ManyToManyField(

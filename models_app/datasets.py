@@ -125,16 +125,22 @@ def _usable(domain: Domain):
     return usable_examples(domain_id=domain.pk)
 
 
-def new_examples_count(*, domain: Domain, split: str | None = None) -> int:
-    """Examples that teach something (weight > 0) and no finished run has trained on yet, of one split or both:
-    what the fine-tune threshold counts."""
+def _new_teaching(domain: Domain) -> list[tuple[int, int, object]]:
+    """(id, item id, recorded at) of the examples that teach something (weight > 0) and no finished run has
+    trained on yet."""
     trained = _trained_ids(domain)
-    teaching = _usable(domain).filter(weight__gt=0).values_list("id", "item_id")
-    return sum(
-        1
-        for example_id, item_id in teaching
-        if example_id not in trained and (split is None or example_split(item_id) == split)
-    )
+    teaching = _usable(domain).filter(weight__gt=0).values_list("id", "item_id", "created_at")
+    return [row for row in teaching if row[0] not in trained]
+
+
+def new_examples_count(*, domain: Domain, split: str | None = None) -> int:
+    """New examples that teach something, of one split or both: what the fine-tune threshold counts."""
+    return sum(1 for _, item_id, _ in _new_teaching(domain) if split is None or example_split(item_id) == split)
+
+
+def oldest_new_example_at(*, domain: Domain):
+    """When the oldest example no run has trained on yet was recorded, or None."""
+    return min((recorded for _, _, recorded in _new_teaching(domain)), default=None)
 
 
 def snapshot_teaching_count(*, snapshot: DatasetSnapshot, split: str) -> int:

@@ -107,16 +107,21 @@ def finetune_check(*, domain: Domain) -> FineTuneJob | None:
     been quiet for SORA_FINETUNE_QUIET_SECONDS: a burst of approvals (an import, a reviewing session) trains
     as one run on all of it, not as a run on whatever had arrived when the threshold was crossed. It also waits
     until SORA_EVAL_MIN_ITEMS of the new examples are held out (datasets.example_split), so that the run's gate
-    can decide instead of refusing after the training (a manager may still start a run by hand). Each
-    approval schedules a check for the end of its quiet period (tasks.finetune_check_soon)."""
+    can decide instead of refusing after the training (a manager may still start a run by hand). Approvals that
+    never pause do not hold a run off for ever: once the oldest new example is SORA_FINETUNE_MAX_WAIT_SECONDS
+    old, the next check starts it. Each approval schedules a check for the end of its quiet period
+    (tasks.finetune_check_soon); beat checks every 5 minutes besides."""
     if FineTuneJob.objects.filter(domain=domain, status__in=FineTuneJob.UNFINISHED).exists():
         return None
     if datasets.new_examples_count(domain=domain) < max(domain.finetune_threshold, 1):
         return None
     if datasets.new_examples_count(domain=domain, split=datasets.HELDOUT) < settings.SORA_EVAL_MIN_ITEMS:
         return None  # the gate could not decide on this round: wait for more held-out corrections
+    now = timezone.now()
     last = datasets.last_approval_at(domain=domain)
-    if last is not None and timezone.now() - last < timedelta(seconds=settings.SORA_FINETUNE_QUIET_SECONDS):
+    oldest = datasets.oldest_new_example_at(domain=domain)
+    waited_enough = oldest is not None and now - oldest >= timedelta(seconds=settings.SORA_FINETUNE_MAX_WAIT_SECONDS)
+    if last is not None and now - last < timedelta(seconds=settings.SORA_FINETUNE_QUIET_SECONDS) and not waited_enough:
         return None  # still busy: the check scheduled by the latest approval comes after its quiet period
     try:
         return finetune_job_start(domain=domain, trigger=FineTuneJob.Trigger.THRESHOLD)

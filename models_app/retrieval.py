@@ -24,7 +24,7 @@ from django.db.models import Count, Max
 from .inference.prompts import build_messages, with_shots
 
 POOL_SIZE = 5000
-# An example's approved text is cut here: a very long one would crowd the new input out of the prompt.
+# An example's input and approved text are each cut here: a very long one would crowd the new input out of the prompt.
 MAX_SHOT_CHARS = 1500
 
 
@@ -88,7 +88,11 @@ def teaching_examples(domain_id: int):
 
 
 def shots_from(rows) -> list[Shot]:
-    return [Shot(row.pk, row.messages, row.completion[:MAX_SHOT_CHARS]) for row in rows]
+    return [Shot(row.pk, _cut_inputs(row.messages), row.completion[:MAX_SHOT_CHARS]) for row in rows]
+
+
+def _cut_inputs(messages: list[dict]) -> list[dict]:
+    return [{**m, "content": m["content"][:MAX_SHOT_CHARS]} if m["role"] == "user" else m for m in messages]
 
 
 class _DomainIndexes:

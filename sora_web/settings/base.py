@@ -275,6 +275,8 @@ SORA_FINETUNE_DEFAULTS = env.json("SORA_FINETUNE_DEFAULTS", default={})  # over 
 SORA_FINETUNE_STALE_SECONDS = env.int("SORA_FINETUNE_STALE_SECONDS", default=300)  # silent worker: send again
 # A threshold run starts only after the domain's approvals have been quiet this long (a burst trains as one run).
 SORA_FINETUNE_QUIET_SECONDS = env.int("SORA_FINETUNE_QUIET_SECONDS", default=120)
+# …unless approvals never pause: a run starts anyway once its oldest new example is this old.
+SORA_FINETUNE_MAX_WAIT_SECONDS = env.int("SORA_FINETUNE_MAX_WAIT_SECONDS", default=3600)
 SORA_EVAL_MAX_ITEMS = env.int("SORA_EVAL_MAX_ITEMS", default=50)  # held-out items each version writes
 # Fewer held-out items of the round than this and the gate does not decide (the candidate is kept, and it says so);
 # a threshold run waits for them. 10 untied items let the signed-rank test reach p < 0.05 even with two losses.

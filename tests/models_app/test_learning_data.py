@@ -164,6 +164,29 @@ def test_the_threshold_waits_for_the_quiet_period_and_then_trains_on_the_whole_b
     assert finetuning.finetune_check(domain=domain) is None  # one run at a time
 
 
+def test_approvals_that_never_pause_start_a_run_once_the_oldest_new_example_has_waited_long_enough(
+    threshold_five, reviewer, settings, monkeypatch
+):
+    settings.SORA_FINETUNE_MAX_WAIT_SECONDS = 1800
+    domain = threshold_five.domain
+    real_now = timezone.now
+
+    def approved_ago(seconds: int, count: int, start: int) -> None:
+        with monkeypatch.context() as patched:  # the examples' created_at comes from django.utils.timezone.now
+            patched.setattr(timezone, "now", lambda: real_now() - timedelta(seconds=seconds))
+            approve_corrections(reviewer, domain, count, start=start)
+
+    approved_ago(1700, 5, start=0)
+    approve_corrections(reviewer, domain, 1, start=5)  # the approvals go on
+    assert finetuning.finetune_check(domain=domain) is None  # the oldest has waited 1700 s of 1800
+
+    approved_ago(1801, 1, start=6)
+    approve_corrections(reviewer, domain, 1, start=7)  # and still they go on
+
+    job = finetuning.finetune_check(domain=domain)
+    assert job is not None and job.snapshot.new_count == 8
+
+
 def test_the_quiet_period_does_not_start_a_run_below_the_threshold(threshold_five, reviewer, monkeypatch):
     approve_corrections(reviewer, threshold_five.domain, 4)
     later = timezone.now() + timedelta(seconds=600)

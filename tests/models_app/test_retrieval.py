@@ -6,9 +6,10 @@ No fine-tune is involved: an approval changes the very next draft's prompt (mode
 import json
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from annotations import services
-from annotations.models import Generation
+from annotations.models import MAX_RETRIEVAL_EXAMPLES, Generation
 from models_app import retrieval
 from models_app.inference.prompts import build_messages
 from models_app.retrieval import Retriever, Shot, prompt_for_item
@@ -106,6 +107,28 @@ def test_retrieval_examples_zero_shows_no_examples(domain, reviewer):
     messages = prompt_for_item(item=second)
 
     assert messages == [user_turn(domain, NEW_PARCEL)]
+
+
+def test_a_long_example_is_cut_so_the_new_input_keeps_its_place(domain, reviewer):
+    article = PARCEL + " " + "The courier left a note. " * 200
+    first = ItemFactory(domain=domain, input=article, draft="A draft nobody liked.")
+    approve(reviewer, first, final_text=PARCEL_REPLY + " More detail." * 300)
+    second = ItemFactory(domain=domain, input=NEW_PARCEL)
+
+    shot_user, shot_reply, new_input = prompt_for_item(item=second)
+
+    assert shot_user["content"] == user_turn(domain, article)["content"][: retrieval.MAX_SHOT_CHARS]
+    assert len(shot_reply["content"]) == retrieval.MAX_SHOT_CHARS and shot_reply["content"].startswith(PARCEL_REPLY)
+    assert new_input == user_turn(domain, NEW_PARCEL)  # the new input is never cut
+
+
+def test_more_examples_per_prompt_than_the_limit_are_refused(domain):
+    domain.retrieval_examples = MAX_RETRIEVAL_EXAMPLES + 1
+
+    with pytest.raises(ValidationError) as refused:
+        domain.full_clean()
+
+    assert "retrieval_examples" in refused.value.message_dict
 
 
 def test_a_model_draft_approved_unchanged_is_never_shown_as_an_example(
