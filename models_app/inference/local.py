@@ -169,6 +169,10 @@ def generation_kwargs(sampling: Sampling, tokenizer) -> dict:
     kwargs = {
         "max_new_tokens": sampling.max_new_tokens,
         "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        # Off in generate() itself, whatever a model folder's generation_config.json says: transformers' own
+        # processors count the prompt, so they would forbid the examples' greeting and sign-off.
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
     }
     if sampling.greedy:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

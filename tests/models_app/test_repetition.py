@@ -4,6 +4,9 @@ A prompt that shows approved examples (models_app/retrieval.py) repeats their gr
 own processors would count those and forbid the draft to write them again.
 """
 
+import json
+import shutil
+
 import pytest
 import torch
 from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
@@ -135,3 +138,21 @@ def test_no_repeat_ngram_size_from_0_to_20_is_accepted(size):
 )
 def test_no_repeat_ngram_size_outside_the_range_or_not_whole_is_refused(size, error):
     assert sampling_errors({"no_repeat_ngram_size": size}) == [error]
+
+
+def test_a_model_folders_own_repetition_settings_do_not_reach_the_draft(tiny_model_dir, tmp_path):
+    """transformers would apply a generation_config.json's repetition settings over the prompt too; the domain's
+    settings are the only ones (counted on the draft's tokens)."""
+    folder = tmp_path / "opinionated-model"
+    shutil.copytree(tiny_model_dir, folder)
+    config_path = folder / "generation_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config_path.write_text(json.dumps({**config, "no_repeat_ngram_size": 2, "repetition_penalty": 1.5}))
+    messages = [{"role": "user", "content": "Best regards, Best regards, Best regards. Write a reply."}]
+
+    def draft(base_model) -> str:
+        ref = ModelRef(key=f"repetition-{base_model}", base_model=str(base_model))
+        sampling = Sampling(max_new_tokens=60)
+        return LocalBackend().generate(ref, messages, sampling, on_text=lambda _: None, should_stop=lambda: False).text
+
+    assert draft(folder) == draft(tiny_model_dir)
