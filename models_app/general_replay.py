@@ -10,6 +10,8 @@ per base model by the training worker and kept under SORA_REPLAY_DIR.
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,9 +59,10 @@ def general_examples(
             answers.append(output.text if len(output.token_logprobs) < MAX_NEW_TOKENS else "")
             on_item()
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(".partial")
-        partial.write_text(json.dumps(answers, ensure_ascii=False))
-        partial.rename(cache)
+        # A name of its own: two workers writing the same answers at once each finish with a whole file.
+        with tempfile.NamedTemporaryFile("w", dir=cache.parent, suffix=".partial", delete=False) as partial:
+            partial.write(json.dumps(answers, ensure_ascii=False))
+        os.replace(partial.name, cache)
     examples = [
         Example([{"role": "user", "content": prompt}], answer, 1.0)
         for prompt, answer in zip(prompts, answers, strict=True)
