@@ -70,6 +70,7 @@ TARGET_REPLAY_REGRESSION = 0.02
 DOMAIN = "customer_service"
 JOB_TIMEOUT_S = 3600
 NO_JOB_TIMEOUT_S = 600  # the quiet period is 120 s
+DEMO_THRESHOLD = 50  # customer_service's finetune_threshold as seed_demo leaves it
 DRAFT_TIMEOUT_S = 1800
 
 # =============================================================================
@@ -747,6 +748,8 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.train <= 100 or args.heldout < 2 or args.round2 < 0:
         parser.error("--train 1–100, --heldout ≥ 2, --round2 ≥ 0")
+    if not args.sweep_sampling and (args.train < DEMO_THRESHOLD or 0 < args.round2 < DEMO_THRESHOLD):
+        parser.error(f"a round below the demo domain's threshold ({DEMO_THRESHOLD} corrections) starts no job")
     model_path = args.model or str(ROOT / "var" / "models" / "smollm2-135m-instruct")
     if not (Path(model_path) / "config.json").is_file():
         parser.error(f"no model folder at {model_path}: run `.venv/bin/python manage.py prepare_model` first")
