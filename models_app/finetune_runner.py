@@ -274,9 +274,8 @@ def decision_set(job: FineTuneJob) -> list[Example]:
     """The held-out items the gate decides on: those of this round (new since the last finished run) that
     teach something, so that a new house style is judged on itself and not averaged with earlier data (which
     the forgetting check covers); all teaching held-out items when the snapshot holds nothing new (a manager's
-    re-run). The newest
-    SORA_EVAL_MAX_ITEMS, each prompted with the examples retrieval finds among the snapshot's training
-    split, the same for both versions."""
+    re-run). The newest SORA_EVAL_MAX_ITEMS, each prompted with the examples retrieval finds among the
+    snapshot's training split, the same for both versions."""
     heldout = datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.HELDOUT)
     new_ids = datasets.snapshot_new_ids(snapshot=job.snapshot)
     teaching = [e for e in heldout if e.weight > 0]
