@@ -25,14 +25,17 @@ logins and the product's defaults (threshold 50, quiet period, gate, automatic p
    held-out messages are drafted again by whatever is now active (`round 1`); when the gate kept the
    candidate, a manager then promotes it by hand, the M are drafted by it (`round 1, candidate`, what
    the gate turned down), and the manager rolls back;
-4. N2 more corrections (default 80), a second job, and the M messages once more (`round 2`).
+4. N2 more corrections (default 80), a second job, and the M messages once more (`round 2`);
+5. the reference (PRODUCT.md §8), once the product has stopped: a bare PyTorch + peft LoRA loop over the
+   round-1 job's corrections of the training split (plain prompts, 2 epochs, constant rate), drafting the
+   M messages from plain prompts (`bare`; `--no-bare` leaves it out).
 
 Measured: mean normalised word edit distance (annotations.diffing.word_edit_distance) and chrF
 (models_app.evaluation.chrf) of each set of drafts against the style's reply; the fall = 1 − after /
 before. From each job: its snapshot counts, steps, the gate's figures (decision-set edit distance of
 both versions, the paired gain's 95% CI, forgetting loss of both: replay regression = candidate /
 active − 1) and its outcome. Targets per test style: round 1 cuts the held-out edit distance by ≥ 30%,
-the gate promotes by itself, replay regression ≤ 2%.
+the gate promotes by itself, replay regression ≤ 2%, and the fall is ≥ 0.95 × the bare loop's.
 
 --sweep-sampling drafts the held-out messages of the tuning styles with retrieval (in process, no
 stack) under several repetition settings: the measurement behind the domain's defaults.
@@ -67,6 +70,7 @@ TUNE_STYLES = [0, 1, 2]
 TEST_STYLES = [3, 4, 5, 6]
 TARGET_FALL = 0.30
 TARGET_REPLAY_REGRESSION = 0.02
+TARGET_VS_BARE = 0.95  # the product's fall against the bare loop's (PRODUCT.md §8)
 DOMAIN = "customer_service"
 JOB_TIMEOUT_S = 3600
 NO_JOB_TIMEOUT_S = 600  # the quiet period is 120 s
@@ -591,6 +595,11 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
                 ids = submit(integration, heldout, f"after-{name}", priority=-5, with_draft=False)
                 result["phases"][name] = score_drafts(wait_drafted(integration, ids, name), heldout)
                 manager.call("POST", f"/models/{version['id']}/rollback/", json={})
+        product.stop()
+        if args.bare and result["jobs"]:
+            bare = bare_reference(product.data_dir, result["jobs"][0]["snapshot"], heldout, model_path, replay_dir)
+            result["phases"]["bare"] = score_drafts(bare.pop("drafts"), heldout)
+            result["bare"] = {k: v for k, v in bare.items() if k != "losses"}
     finally:
         product.stop()
         if not args.keep:
@@ -602,12 +611,135 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
     }
     first = result["jobs"][0] if result["jobs"] else None
     regression = first["gate"]["replay_regression"] if first else None
+    bare_fall = result["falls"].get("bare")
+    result["vs_bare"] = result["falls"].get("round1", 0.0) / bare_fall if bare_fall and bare_fall > 0 else None
     result["targets"] = {
         "fall": result["falls"].get("round1", 0.0) >= TARGET_FALL,
+        "vs_bare": None if bare_fall is None else bool(result["vs_bare"] and result["vs_bare"] >= TARGET_VS_BARE),
         "promoted": bool(first and first["outcome"] == "promoted"),
         "replay": regression is not None and regression <= TARGET_REPLAY_REGRESSION,
     }
     return result
+
+
+# =============================================================================
+# The reference: a bare LoRA loop over the same corrections (PRODUCT.md §8 "learning")
+# =============================================================================
+
+BARE_EPOCHS = 2
+BARE_LEARNING_RATE = 5e-4  # the better of 2e-4 and 5e-4 for this loop in the single-style run (docs/benchmarks.md)
+
+
+def bare_reference(data_dir: Path, snapshot_id: int, heldout: list[dict], model_path: str, replay_dir: Path) -> dict:
+    """Runs bare_run in a process of its own on the style's stopped product (its database, its snapshot)."""
+    spec = data_dir / "bare.json"
+    spec.write_text(json.dumps({"snapshot": snapshot_id, "heldout": heldout, "model": model_path}))
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+        "DJANGO_SETTINGS_MODULE": "sora_web.settings.local",
+        "SORA_DATA_DIR": str(data_dir),
+        "SORA_REPLAY_DIR": str(replay_dir),
+    }
+    subprocess.run([sys.executable, __file__, "--bare-run", str(spec)], cwd=ROOT, env=env, check=True)
+    return json.loads((data_dir / "bare-result.json").read_text())
+
+
+def bare_run(spec_path: Path) -> None:
+    """Plain PyTorch + peft over the snapshot's corrections of the training split (what the product's run
+    learnt from, without its replay, retrieval, weights, schedule or gate): the same LoRA shape and batch size,
+    AdamW at a constant rate, token-mean cross-entropy, BARE_EPOCHS; then greedy drafts of the held-out
+    messages from plain prompts with the domain's sampling."""
+    import django
+
+    django.setup()
+    import math
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from annotations.models import Domain
+    from models_app import datasets
+    from models_app.hyperparameters import TrainingSettings
+    from models_app.inference.base import ModelRef, Sampling
+    from models_app.inference.local import LocalBackend, pick_device
+    from models_app.inference.prompts import build_messages, sampling_from
+    from models_app.models import DatasetSnapshot
+
+    spec = json.loads(spec_path.read_text())
+    snapshot = DatasetSnapshot.objects.get(pk=spec["snapshot"])
+    examples = [e for e in datasets.snapshot_examples(snapshot=snapshot, split=datasets.TRAIN) if e.weight > 0]
+    chosen = TrainingSettings()
+    device, _ = pick_device()
+    torch.manual_seed(chosen.seed)
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"], local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, local_files_only=True)
+    config = LoraConfig(
+        r=chosen.lora_rank,
+        lora_alpha=chosen.lora_alpha,
+        lora_dropout=chosen.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=BARE_LEARNING_RATE)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def encode(messages: list[dict], completion: str) -> tuple[list[int], list[int]]:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if not isinstance(prompt, list):
+            prompt = list(prompt["input_ids"])
+        answer = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return prompt + answer, [-100] * len(prompt) + answer
+
+    encoded = [encode(e.messages, e.completion) for e in examples]
+    model.train()
+    started, losses = time.perf_counter(), []
+    steps = BARE_EPOCHS * math.ceil(len(encoded) / chosen.batch_size)
+    with tqdm(total=steps, desc="  bare loop: training", unit="step", file=sys.stderr) as bar:
+        for epoch in range(BARE_EPOCHS):
+            order = list(range(len(encoded)))
+            random.Random(chosen.seed * 1000 + epoch).shuffle(order)
+            for start in range(0, len(order), chosen.batch_size):
+                rows = [encoded[i] for i in order[start : start + chosen.batch_size]]
+                width = max(len(ids) for ids, _ in rows)
+                input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows], device=device)
+                labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows], device=device)
+                mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], device=device)
+                logits = model(input_ids=input_ids, attention_mask=mask).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1, :].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100
+                )
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(round(loss.item(), 4))
+                bar.update(1)
+    seconds = time.perf_counter() - started
+    adapter = spec_path.parent / "bare-adapter"
+    model.save_pretrained(adapter)
+    del model, optimizer
+
+    domain = snapshot.domain
+    domain_sampling = sampling_from(Domain.objects.get(pk=domain.pk).sampling)
+    sampling = Sampling(
+        max_new_tokens=domain_sampling.max_new_tokens,
+        repetition_penalty=domain_sampling.repetition_penalty,
+        no_repeat_ngram_size=domain_sampling.no_repeat_ngram_size,
+    )
+    ref = ModelRef(key="bare", base_model=spec["model"], adapter_path=str(adapter), name="bare")
+    backend, drafts = LocalBackend(), []
+    for case in tqdm(spec["heldout"], desc="  bare loop: drafts", unit="draft", file=sys.stderr):
+        messages = build_messages(
+            system_prompt=domain.system_prompt,
+            prompt_template=domain.prompt_template,
+            input=case["input"],
+            metadata=case["metadata"],
+        )
+        drafts.append(backend.generate(ref, messages, sampling, lambda _: None, lambda: False).text)
+    result = {"examples": len(examples), "steps": len(losses), "seconds": seconds, "losses": losses, "drafts": drafts}
+    (spec_path.parent / "bare-result.json").write_text(json.dumps(result))
 
 
 # =============================================================================
@@ -675,9 +807,9 @@ def render(results: dict) -> str:
         f"corrections per round: {results['train']} (round 2: {results['round2']}); held-out messages of kinds never "
         f"trained on: {results['heldout']}",
         "",
-        "| style | shop | set | before | retrieval only | round 1 | round 1, candidate if kept | round 2 "
+        "| style | shop | set | before | retrieval only | round 1 | round 1, candidate if kept | round 2 | bare loop "
         "| gate (round 1) | replay regression |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["styles"]:
         p, f = r["phases"], r["falls"]
@@ -704,7 +836,8 @@ def render(results: dict) -> str:
         kind = "tuning" if r["number"] in TUNE_STYLES else "test"
         lines.append(
             f"| {r['number']} | {r['style']['shop']} | {kind} | {cell('before')} | {cell('retrieval')} | "
-            f"{cell('round1')} | {cell('round1_candidate')} | {cell('round2')} | {gate} | {regression} |"
+            f"{cell('round1')} | {cell('round1_candidate')} | {cell('round2')} | {cell('bare')} | {gate} | "
+            f"{regression} |"
         )
     lines += ["", "edit distance: mean normalised word edit distance, draft → the style's reply; (fall vs before)"]
     for r in results["styles"]:
@@ -714,6 +847,13 @@ def render(results: dict) -> str:
             f"- style {r['number']} ({kind}): fall ≥ {TARGET_FALL:.0%} {'[met]' if t['fall'] else '[NOT met]'}; "
             f"gate promoted by itself {'[met]' if t['promoted'] else '[NOT met]'}; replay regression ≤ "
             f"{TARGET_REPLAY_REGRESSION:.0%} {'[met]' if t['replay'] else '[NOT met]'}"
+            + (
+                ""
+                if t["vs_bare"] is None
+                else f"; fall ≥ {TARGET_VS_BARE} × the bare loop's "
+                f"({'n/a' if r['vs_bare'] is None else format(r['vs_bare'], '.2f')}×) "
+                f"{'[met]' if t['vs_bare'] else '[NOT met]'}"
+            )
         )
         for job in r["jobs"]:
             lines.append(f"  job {job['id']} ({job['trigger']}): " + "; ".join(job["gate"]["reasons"] or []))
@@ -745,7 +885,14 @@ def main() -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep each style's data directory")
     parser.add_argument("--sweep-sampling", action="store_true", help="measure repetition settings instead")
+    parser.add_argument(
+        "--no-bare", dest="bare", action="store_false", help="leave out the bare LoRA loop (the reference)"
+    )
+    parser.add_argument("--bare-run", metavar="SPEC", help=argparse.SUPPRESS)  # bare_reference's own process
     args = parser.parse_args()
+    if args.bare_run:
+        bare_run(Path(args.bare_run))
+        return 0
     if not 1 <= args.train <= 100 or args.heldout < 2 or args.round2 < 0:
         parser.error("--train 1–100, --heldout ≥ 2, --round2 ≥ 0")
     if not args.sweep_sampling and (args.train < DEMO_THRESHOLD or 0 < args.round2 < DEMO_THRESHOLD):
