@@ -169,7 +169,12 @@ def training_examples(job: FineTuneJob) -> RunData:
     wanted = math.ceil(len(new) * chosen.replay_ratio)
     rng = random.Random(chosen.seed)
     replayed = rng.sample(earlier + accepted, min(wanted, len(earlier) + len(accepted)))
-    general_replay, general_forgetting = general_examples(job.base_version.base_model)
+    reporter = _Reporter(job)
+
+    def after_each_answer(done: int, total: int) -> None:
+        reporter.stage(f"writing the base model's answers to general prompts (once): {done} of {total}")
+
+    general_replay, general_forgetting = general_examples(job.base_version.base_model, on_item=after_each_answer)
     general = general_replay[: max(0, wanted - len(replayed))]
     unseen = [e for e in earlier if e not in replayed][:REPLAY_EVAL_ITEMS]
     retriever = Retriever(shots_from(teaching))
@@ -317,13 +322,25 @@ def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
         return {**report, "decided": False, "promote": False, "reasons": [reason]}, False
     reporter = _Reporter(job)
 
-    def between_items() -> None:
-        if reporter.cancel_requested():
-            raise TrainingCancelled()
+    def between_items(side: str):
+        done = 0
+
+        def after_each() -> None:
+            nonlocal done
+            done += 1
+            reporter.stage(f"evaluating: the {side}'s draft {done} of {len(heldout)}")
+            if reporter.cancel_requested():
+                raise TrainingCancelled()
+
+        return after_each
 
     forgetting = data.forgetting
-    active = evaluation.score(job.base_version.model_ref(), heldout, forgetting, sampling, on_item=between_items)
-    candidate = evaluation.score(job.candidate.model_ref(), heldout, forgetting, sampling, on_item=between_items)
+    active = evaluation.score(
+        job.base_version.model_ref(), heldout, forgetting, sampling, on_item=between_items("active version")
+    )
+    candidate = evaluation.score(
+        job.candidate.model_ref(), heldout, forgetting, sampling, on_item=between_items("candidate")
+    )
     promote, reasons = evaluation.decide(
         active, candidate, margin=settings.SORA_PROMOTION_MARGIN, replay_tolerance=settings.SORA_REPLAY_TOLERANCE
     )
@@ -376,6 +393,19 @@ class _Reporter:
             heartbeat_at=job.heartbeat_at,
         )
         send_event(job_group(job.pk), "job.progress", job_state(job))
+
+    def stage(self, text: str) -> None:
+        """What the job is doing between training steps (general answers, evaluation), to the live channel only,
+        at most once a second: a page opened meanwhile shows the row's status until the next one."""
+        now = time.monotonic()
+        if now - self.last_report < REPORT_EVERY_SECONDS:
+            return
+        self.last_report = now
+        send_event(
+            job_group(self.job_id),
+            "job.progress",
+            {**job_state(FineTuneJob.objects.get(pk=self.job_id)), "stage": text},
+        )
 
     def cancel_requested(self) -> bool:
         now = time.monotonic()

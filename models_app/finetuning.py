@@ -50,6 +50,7 @@ def job_state(job: FineTuneJob) -> dict:
         "eta_seconds": job.eta_seconds,
         "candidate": job.candidate.name if job.candidate_id else None,
         "error": job.error,
+        "stage": "",  # what a running job does between training steps (finetune_runner: _Reporter.stage)
     }
 
 

@@ -33,11 +33,11 @@ def _cache_file(base_model: str, prompts: list[str]) -> Path:
 
 
 def general_examples(
-    base_model: str, on_item: Callable[[], None] = lambda: None
+    base_model: str, on_item: Callable[[int, int], None] = lambda done, total: None
 ) -> tuple[list[Example], list[Example]]:
     """(replay part, forgetting part): the base model's answers, written now if they are not kept yet.
     Prompts it answered with nothing, or not within MAX_NEW_TOKENS, are left out: an answer cut short
-    would teach the model to stop mid-sentence."""
+    would teach the model to stop mid-sentence. `on_item(done, total)` follows the writing."""
     prompts = json.loads(PROMPTS_FILE.read_text())
     cache = _cache_file(base_model, prompts)
     if cache.is_file():
@@ -57,7 +57,7 @@ def general_examples(
                 should_stop=lambda: False,
             )
             answers.append(output.text if len(output.token_logprobs) < MAX_NEW_TOKENS else "")
-            on_item()
+            on_item(len(answers), len(prompts))
         cache.parent.mkdir(parents=True, exist_ok=True)
         # A name of its own: two workers writing the same answers at once each finish with a whole file.
         with tempfile.NamedTemporaryFile("w", dir=cache.parent, suffix=".partial", delete=False) as partial:

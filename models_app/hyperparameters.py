@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True)
 class TrainingSettings:
     # Passes over the data: at least `epochs`, more for a small set until `min_steps` (at most `max_epochs`),
-    # so that 40 corrections train as long as 160 would (planned_epochs).
+    # so that 40 corrections train as long as 120 would (planned_epochs).
     epochs: int = 2
     min_steps: int = 60
     max_epochs: int = 8

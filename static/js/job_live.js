@@ -15,6 +15,7 @@ if (root) {
     progress.value = job.step;
     summary.textContent = `${job.status}${job.outcome ? ` (${job.outcome})` : ""} · step ${job.step} of ${job.total_steps}`;
     const parts = [];
+    if (job.stage) parts.push(job.stage);
     if (job.loss !== null) parts.push(`loss ${job.loss.toFixed(4)}`);
     if (job.tokens_per_second) parts.push(`${job.tokens_per_second.toFixed(0)} tokens/s`);
     if (job.eta_seconds && !finished.includes(job.status)) parts.push(`about ${Math.ceil(job.eta_seconds)} s left`);

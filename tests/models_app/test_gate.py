@@ -157,7 +157,7 @@ def short_domain(domain, settings, monkeypatch):
     settings.SORA_FINETUNE_QUIET_SECONDS = 0
     domain.sampling = {"max_new_tokens": 12}
     domain.save()
-    monkeypatch.setattr(finetune_runner, "general_examples", lambda base_model: GENERAL)
+    monkeypatch.setattr(finetune_runner, "general_examples", lambda base_model, on_item=None: GENERAL)
     return domain
 
 
@@ -256,3 +256,22 @@ def test_a_round_with_no_held_out_items_of_its_own_is_not_decided_on_earlier_one
     assert finetune_runner.decision_set(second) == []
     assert (second.evaluation["decided"], second.evaluation["heldout_items"]) == (False, 0)
     assert "only 0 held-out items of this round" in second.evaluation["reasons"][0]
+
+
+def test_the_evaluation_tells_the_live_channel_how_far_it_is(
+    reviewer, manager, short_domain, tiny_model, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.SORA_EVAL_MIN_ITEMS = 1
+    ids = []
+    while held_out(ids) < 1:
+        ids += approve(reviewer, short_domain, 4, final_text="Best regards, The Brightwater Support Team.")
+    sent = []
+    monkeypatch.setattr(finetune_runner, "send_event", lambda group, kind, data: sent.append(data))
+
+    job = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
+
+    assert job.status == "succeeded", job.error
+    stages = [data["stage"] for data in sent if data.get("stage")]
+    # The first always goes out; later ones at most once a second.
+    assert f"evaluating: the active version's draft 1 of {held_out(ids)}" in stages
+    assert all(stage.startswith("evaluating: the ") for stage in stages)

@@ -251,7 +251,8 @@ GENERAL_FORGETTING = [Example([{"role": "user", "content": "Held back?"}], "Yes.
 
 @pytest.fixture
 def fixed_general(monkeypatch):
-    monkeypatch.setattr(finetune_runner, "general_examples", lambda base_model: (GENERAL_REPLAY, GENERAL_FORGETTING))
+    fixed = (GENERAL_REPLAY, GENERAL_FORGETTING)
+    monkeypatch.setattr(finetune_runner, "general_examples", lambda base_model, on_item=None: fixed)
 
 
 @pytest.fixture
@@ -326,10 +327,14 @@ def test_the_base_models_general_answers_are_written_once_and_kept_under_the_rep
     monkeypatch.setattr(general_replay, "MAX_NEW_TOKENS", 8)  # a short limit: the tiny model answers quickly
     prompts = json.loads(general_replay.PROMPTS_FILE.read_text())
 
-    first = general_replay.general_examples(str(tiny_model_dir))
+    progress = []
 
+    first = general_replay.general_examples(str(tiny_model_dir), on_item=lambda *counts: progress.append(counts))
+
+    assert progress == [(n, len(prompts)) for n in range(1, len(prompts) + 1)]  # the job's live stage follows it
     kept = list(settings.SORA_REPLAY_DIR.glob("general-*.json"))
     assert len(kept) == 1
+    assert not list(settings.SORA_REPLAY_DIR.glob("*.partial"))
     answers = json.loads(kept[0].read_text())
     # The tiny model never ends an answer by itself: every one was cut at the limit, kept as "" and left out
     # (an answer cut short would teach the model to stop mid-sentence).
