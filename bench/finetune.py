@@ -150,8 +150,11 @@ def bare_model(model_path: str, settings: TrainingSettings, device: torch.device
     return get_peft_model(model, config).to(device)
 
 
-def bare_run(model_path: str, settings: TrainingSettings, batches, device: torch.device) -> dict:
-    """Load (not timed), then train over `batches`; returns tokens, seconds, tokens/s and the losses."""
+def bare_run(
+    model_path: str, settings: TrainingSettings, batches, device: torch.device, save_to: Path | None = None
+) -> dict:
+    """Load (not timed), then train over `batches`; returns tokens, seconds, tokens/s and the losses. With
+    `save_to`, the adapter is saved there (bench/learning.py drafts with it)."""
     model = bare_model(model_path, settings, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else training._NoAutocast()
@@ -184,6 +187,8 @@ def bare_run(model_path: str, settings: TrainingSettings, batches, device: torch
         "loadavg_after": loadavg(),
         "losses": [round(float(x), 4) for x in losses],
     }
+    if save_to is not None:
+        model.save_pretrained(save_to)
     del model, optimizer
     return result
 

@@ -12,10 +12,14 @@ generation does, through the same backend) and are scored against the approved t
 The approved text is cut to the drafts' own token limit before it is scored: a draft cannot be
 longer than max_new_tokens, so the part of a reference beyond it is not held against either version.
 
-The candidate is promoted when, on the same held-out items, its edit distance is lower by at least
-`margin` on average, a one-sided Wilcoxon signed-rank test of the paired gains says it is better
-(p < ALPHA; paired_gain says why ranks and not the mean's t interval, which is reported beside it),
-and its replay loss is no more than `replay_tolerance` (relative) above the active version's. Too few items and the
+Each held-out item is drafted from two prompts, the same for both versions (finetune_runner.decision_set):
+with examples that are not like it ("unmatched": the deciding drafts, what a version writes for a new kind
+of request) and with the examples retrieval finds ("served", as drafts are served). The candidate is
+promoted when, on the unmatched prompts, its edit distance is lower by at least `margin` on average and a
+one-sided Wilcoxon signed-rank test of the paired gains says it is better (p < ALPHA; paired_gain says why
+ranks and not the mean's t interval, which is reported beside it); on the served prompts it is no worse
+than the active version by more than `margin`; and its replay loss is no more than `replay_tolerance`
+(relative) above the active version's. Too few items and the
 gate does not decide at all (finetune_runner: SORA_EVAL_MIN_ITEMS).
 """
 
@@ -67,8 +71,11 @@ class Scores:
     drafts: list[str]
     distances: tuple[float, ...] = ()  # per held-out item, in order: what the paired comparison uses
 
-    def as_dict(self) -> dict:
-        return {"edit_distance": self.edit_distance, "chrf": self.chrf, "replay_loss": self.replay_loss}
+    def as_dict(self, prefix: str = "") -> dict:
+        figures = {"edit_distance": self.edit_distance, "chrf": self.chrf}
+        if not prefix:
+            figures["replay_loss"] = self.replay_loss
+        return {prefix + name: value for name, value in figures.items()}
 
 
 def capped_reference(tokenizer, text: str, max_new_tokens: int) -> str:
@@ -169,9 +176,18 @@ def replay_loss(ref: ModelRef, examples: list[Example], batch_size: int = 4, max
 
 
 def decide(
-    active: Scores, candidate: Scores, *, margin: float, replay_tolerance: float, alpha: float = ALPHA
+    active: Scores,
+    candidate: Scores,
+    *,
+    margin: float,
+    replay_tolerance: float,
+    served_active: Scores | None = None,
+    served_candidate: Scores | None = None,
+    alpha: float = ALPHA,
 ) -> tuple[bool, list[str]]:
-    """Promote? and why, in words for the report."""
+    """Promote? and why, in words for the report. `active` and `candidate` are the deciding drafts (the gate's
+    unmatched prompts, finetune_runner.decision_set); `served_*`, when given, the same items with the examples
+    retrieval finds, where the candidate must be no worse than the active version by more than `margin`."""
     reasons = []
     gain = paired_gain(active, candidate)
     by_margin = candidate.edit_distance <= active.edit_distance - margin
@@ -187,6 +203,13 @@ def decide(
         f"{gain.wins} better / {gain.ties} same / {gain.losses} worse, signed-rank p = {gain.p_value:.3f}: "
         + ("confidently better" if confident else f"not confidently better (p ≥ {alpha})")
     )
+    served_ok = True
+    if served_active is not None and served_candidate is not None:
+        served_ok = served_candidate.edit_distance <= served_active.edit_distance + margin
+        reasons.append(
+            f"with the nearest examples (as served) {served_candidate.edit_distance:.3f} vs "
+            f"{served_active.edit_distance:.3f}: " + ("no worse" if served_ok else f"worse by more than {margin:.3f}")
+        )
     kept = True
     if active.replay_loss is not None and candidate.replay_loss is not None:
         limit = active.replay_loss * (1 + replay_tolerance)
@@ -195,4 +218,4 @@ def decide(
             f"replay loss {candidate.replay_loss:.3f} vs {active.replay_loss:.3f}: "
             + ("no regression" if kept else f"regressed beyond {replay_tolerance:.0%}")
         )
-    return better and kept, reasons
+    return better and served_ok and kept, reasons

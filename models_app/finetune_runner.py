@@ -183,7 +183,14 @@ def training_examples(job: FineTuneJob) -> RunData:
     for example in new:
         messages = example.messages
         if k and rng.random() < chosen.retrieval_share:
-            shots = retriever.top(messages, k, exclude=frozenset({example.pk}))
+            # Half of them with the nearest examples, half with unmatched ones: served drafts meet both (a new
+            # kind of request finds no near example), and an adapter that only ever saw near ones learns to copy
+            # the example's answer whatever was asked.
+            itself = frozenset({example.pk})
+            if rng.random() < 0.5:
+                shots = retriever.top(messages, k, exclude=itself)
+            else:
+                shots = retriever.unmatched(messages, k, seed=f"sora-train:{example.pk}", exclude=itself)
             messages = with_shots(messages, [(shot.messages, shot.completion) for shot in shots])
         with_examples.append(Example(messages, example.completion, example.weight))
     return RunData(
@@ -275,29 +282,50 @@ def _promotion_blocker(job: FineTuneJob) -> str:
     return ""
 
 
-def decision_set(job: FineTuneJob) -> list[Example]:
+@dataclass
+class DecisionSet:
+    """The same held-out items prompted two ways (the same for both versions): `served` with the examples
+    retrieval finds for each, as drafts are served; `unmatched` with examples that are not like it."""
+
+    served: list[Example]
+    unmatched: list[Example]
+
+
+def decision_set(job: FineTuneJob) -> DecisionSet:
     """The held-out items the gate decides on: those of this round (new since the last finished run) that
     teach something, so that a new house style is judged on itself and not averaged with earlier data (which
     the forgetting check covers); all teaching held-out items when the snapshot holds nothing new (a manager's
-    re-run). The newest SORA_EVAL_MAX_ITEMS, each prompted with the examples retrieval finds among the
-    snapshot's training split, the same for both versions."""
+    re-run). The newest SORA_EVAL_MAX_ITEMS, each prompted with examples from the snapshot's training split:
+
+    - served: the k that retrieval finds, as a draft of it would be served;
+    - unmatched: k drawn at random (seeded by the item) from outside its nearest (Retriever.unmatched). A
+      held-out item of this round has near-copies among this round's corrections, and with them in the
+      prompt both versions copy the answer (the base model scored 0.017 on such items of bench/learning.py's
+      style 3, leaving a fine-tune nothing to win); a new kind of request has none. Unmatched prompts show
+      what a version writes then, with examples of the house style that do not answer the question
+      (evaluation.decide)."""
     heldout = datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.HELDOUT)
     new_ids = datasets.snapshot_new_ids(snapshot=job.snapshot)
     teaching = [e for e in heldout if e.weight > 0]
     # A round with too few new held-out items is refused by the caller, not judged on earlier data.
     this_round = [e for e in teaching if e.pk in new_ids] if new_ids else teaching
     chosen = this_round[-settings.SORA_EVAL_MAX_ITEMS :]
-    pool = [e for e in datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.TRAIN) if e.weight > 0]
-    retriever, k = Retriever(shots_from(pool)), job.domain.retrieval_examples
-    examples = []
+    pool = shots_from(
+        e for e in datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.TRAIN) if e.weight > 0
+    )
+    retriever, k = Retriever(pool), job.domain.retrieval_examples
+    served, unmatched = [], []
     for e in chosen:
-        shots = [(shot.messages, shot.completion) for shot in retriever.top(e.messages, k)]
-        examples.append(Example(with_shots(e.messages, shots), e.completion, 1.0))
-    return examples
+        nearest, drawn = retriever.top(e.messages, k), retriever.unmatched(e.messages, k, seed=f"sora-gate:{e.pk}")
+        for prompts, shots in ((served, nearest), (unmatched, drawn)):
+            pairs = [(shot.messages, shot.completion) for shot in shots]
+            prompts.append(Example(with_shots(e.messages, pairs), e.completion, 1.0))
+    return DecisionSet(served, unmatched)
 
 
 def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
-    heldout = decision_set(job)
+    chosen = decision_set(job)
+    items = len(chosen.served)
     domain_sampling = sampling_from(job.domain.sampling)
     # Greedy, whatever the domain samples with: the comparison must not depend on chance.
     sampling = Sampling(
@@ -306,7 +334,7 @@ def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
         no_repeat_ngram_size=domain_sampling.no_repeat_ngram_size,
     )
     report = {
-        "heldout_items": len(heldout),
+        "heldout_items": items,
         "min_items": settings.SORA_EVAL_MIN_ITEMS,
         "retrieval_examples": job.domain.retrieval_examples,
         "replay_items": data.counts["replay_earlier"] + data.counts["replay_accepted"] + data.counts["replay_general"],
@@ -314,9 +342,9 @@ def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
         "margin": settings.SORA_PROMOTION_MARGIN,
         "replay_tolerance": settings.SORA_REPLAY_TOLERANCE,
     }
-    if len(heldout) < settings.SORA_EVAL_MIN_ITEMS:
+    if items < settings.SORA_EVAL_MIN_ITEMS:
         reason = (
-            f"only {len(heldout)} held-out items of this round; at least {settings.SORA_EVAL_MIN_ITEMS} are needed "
+            f"only {items} held-out items of this round; at least {settings.SORA_EVAL_MIN_ITEMS} are needed "
             "to decide, so the candidate is kept (a manager may still promote it)"
         )
         return {**report, "decided": False, "promote": False, "reasons": [reason]}, False
@@ -328,32 +356,39 @@ def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
         def after_each() -> None:
             nonlocal done
             done += 1
-            reporter.stage(f"evaluating: the {side}'s draft {done} of {len(heldout)}")
+            reporter.stage(f"evaluating: the {side}'s draft {done} of {2 * items}")
             if reporter.cancel_requested():
                 raise TrainingCancelled()
 
         return after_each
 
-    forgetting = data.forgetting
-    active = evaluation.score(
-        job.base_version.model_ref(), heldout, forgetting, sampling, on_item=between_items("active version")
-    )
-    candidate = evaluation.score(
-        job.candidate.model_ref(), heldout, forgetting, sampling, on_item=between_items("candidate")
-    )
+    scores = {}
+    for side, version in (("active", job.base_version), ("candidate", job.candidate)):
+        after_each = between_items("active version" if side == "active" else "candidate")
+        ref = version.model_ref()
+        scores[side] = (
+            evaluation.score(ref, chosen.unmatched, data.forgetting, sampling, on_item=after_each),
+            evaluation.score(ref, chosen.served, [], sampling, on_item=after_each),
+        )
+    (active, served_active), (candidate, served_candidate) = scores["active"], scores["candidate"]
     promote, reasons = evaluation.decide(
-        active, candidate, margin=settings.SORA_PROMOTION_MARGIN, replay_tolerance=settings.SORA_REPLAY_TOLERANCE
+        active,
+        candidate,
+        served_active=served_active,
+        served_candidate=served_candidate,
+        margin=settings.SORA_PROMOTION_MARGIN,
+        replay_tolerance=settings.SORA_REPLAY_TOLERANCE,
     )
     report.update(
         decided=True,
-        active={"version": job.base_version.name, **active.as_dict()},
-        candidate={"version": job.candidate.name, **candidate.as_dict()},
+        active={"version": job.base_version.name, **active.as_dict(), **served_active.as_dict(prefix="served_")},
+        candidate={"version": job.candidate.name, **candidate.as_dict(), **served_candidate.as_dict(prefix="served_")},
         confidence=evaluation.paired_gain(active, candidate).as_dict(),
         promote=promote,
         reasons=reasons,
         samples=[
             {"approved": e.completion, "active": a, "candidate": c}
-            for e, a, c in list(zip(heldout, active.drafts, candidate.drafts, strict=True))[:3]
+            for e, a, c in list(zip(chosen.unmatched, active.drafts, candidate.drafts, strict=True))[:3]
         ],
     )
     return report, promote

@@ -14,6 +14,7 @@ active version and the candidate alike, so a fine-tune must beat "the base model
 - torch-free: the web process may import it.
 """
 
+import random
 import threading
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from .inference.prompts import build_messages, with_shots
 POOL_SIZE = 5000
 # An example's input and approved text are each cut here: a very long one would crowd the new input out of the prompt.
 MAX_SHOT_CHARS = 1500
+# Unmatched examples are drawn from outside an input's k × UNMATCHED_SKIP nearest (Retriever.unmatched).
+UNMATCHED_SKIP = 4
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,15 @@ class Retriever:
             if len(found) == k:
                 break
         return found
+
+    def unmatched(self, messages: list[dict], k: int, seed: str, exclude: frozenset[int] = frozenset()) -> list[Shot]:
+        """k shots drawn at random (from `seed`) from outside the k × UNMATCHED_SKIP most like `messages`, none of
+        `exclude`: examples of the house style that do not answer this input, as a new kind of request meets them."""
+        if k <= 0:
+            return []
+        near = {shot.example_id for shot in self.top(messages, k * UNMATCHED_SKIP, exclude=exclude)}
+        others = [shot for shot in self.shots if shot.example_id not in near | exclude]
+        return random.Random(seed).sample(others, min(k, len(others)))
 
 
 def _tokenize(texts: list[str]):

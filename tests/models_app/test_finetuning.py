@@ -141,7 +141,7 @@ def test_approvals_train_a_candidate_that_is_promoted_and_writes_the_next_drafts
 
     job = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
 
-    assert (job.status, job.outcome, job.attempts) == ("succeeded", "promoted", 1), job.error
+    assert (job.status, job.outcome, job.attempts) == ("succeeded", "promoted", 1), (job.error, job.evaluation)
     assert job.loss_history[-1][1] < job.loss_history[0][1] / 2
     report = job.evaluation
     assert report["candidate"]["edit_distance"] < report["active"]["edit_distance"]

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from annotations import services
-from models_app import datasets, finetune_runner
+from models_app import datasets, finetune_runner, retrieval
 from models_app.evaluation import Scores, capped_reference, decide, paired_gain
 from models_app.finetuning import finetune_job_start
 from models_app.models import FineTuneJob, ModelVersion
@@ -114,6 +114,23 @@ def test_a_candidate_better_on_every_item_is_promoted_unless_it_forgot_earlier_d
     assert "signed-rank p = 0.031" in reasons[1]  # five untied wins: 1/2⁵
     assert promoted is True and reasons[1].endswith("confidently better") and reasons[2].endswith("no regression")
     assert refused is False and why[2].endswith("regressed beyond 2%")
+
+
+def test_a_candidate_better_without_near_copies_but_worse_with_them_is_refused():
+    served_active, served_worse = scores((0.02, 0.03, 0.01, 0.02, 0.02)), scores((0.10, 0.12, 0.08, 0.15, 0.10))
+    active = scores((0.5, 0.6, 0.7, 0.4, 0.55))
+    better = scores((0.3, 0.45, 0.5, 0.25, 0.45))
+
+    kept, why = decide(
+        active, better, margin=0.02, replay_tolerance=0.02, served_active=served_active, served_candidate=served_worse
+    )
+    promoted, reasons = decide(
+        active, better, margin=0.02, replay_tolerance=0.02, served_active=served_active, served_candidate=served_active
+    )
+
+    assert kept is False and why[1].endswith("confidently better")
+    assert why[2] == "with the nearest examples (as served) 0.110 vs 0.020: worse by more than 0.020"
+    assert promoted is True and reasons[2].endswith("0.020 vs 0.020: no worse")
 
 
 @pytest.fixture
@@ -229,7 +246,7 @@ def test_the_second_round_is_decided_on_its_own_held_out_items_only(
     # The first round's held-out items are still in the snapshot, but not in what this round is decided on.
     assert second.snapshot.heldout_count == held_out(first_ids) + held_out(second_ids)
     assert second.evaluation["heldout_items"] == held_out(second_ids)
-    decided_on = finetune_runner.decision_set(second)
+    decided_on = finetune_runner.decision_set(second).served
     assert [e.completion for e in decided_on] == ["Round two: kind regards."] * held_out(second_ids)
 
 
@@ -253,7 +270,7 @@ def test_a_round_with_no_held_out_items_of_its_own_is_not_decided_on_earlier_one
 
     second = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
 
-    assert finetune_runner.decision_set(second) == []
+    assert finetune_runner.decision_set(second).served == []
     assert (second.evaluation["decided"], second.evaluation["heldout_items"]) == (False, 0)
     assert "only 0 held-out items of this round" in second.evaluation["reasons"][0]
 
@@ -273,5 +290,38 @@ def test_the_evaluation_tells_the_live_channel_how_far_it_is(
     assert job.status == "succeeded", job.error
     stages = [data["stage"] for data in sent if data.get("stage")]
     # The first always goes out; later ones at most once a second.
-    assert f"evaluating: the active version's draft 1 of {held_out(ids)}" in stages
+    assert f"evaluating: the active version's draft 1 of {2 * held_out(ids)}" in stages  # unmatched + served
     assert all(stage.startswith("evaluating: the ") for stage in stages)
+
+
+def test_each_held_out_item_is_also_prompted_with_examples_from_outside_its_nearest(
+    reviewer, manager, short_domain, tiny_model, settings
+):
+    kinds = ["parcel", "refund", "invoice", "discount", "address", "size", "cancel"]
+    for n in range(40):
+        kind = kinds[n % len(kinds)]
+        ItemFactory(domain=short_domain, input=f"Question {n} about my {kind} {kind} {kind}.", draft="Draft.")
+        claimed = services.item_claim_next(reviewer=reviewer)
+        services.review_submit(
+            item_id=claimed.pk, reviewer=reviewer, decision="approve", version=claimed.version,
+            final_text=f"Reply {n} on the {kind}.",
+        )  # fmt: skip
+    job = finetune_job_start(domain=short_domain, user=manager, hyperparameters=LEARN)  # queued only: no run
+    k = short_domain.retrieval_examples
+
+    first, again = finetune_runner.decision_set(job), finetune_runner.decision_set(job)
+
+    assert len(first.served) == len(first.unmatched) == job.snapshot.heldout_count > 0
+    assert first == again  # drawn from a seed of the item: the same every time
+    pool = [e for e in datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.TRAIN) if e.weight > 0]
+    retriever = retrieval.Retriever(retrieval.shots_from(pool))
+    for served, unmatched in zip(first.served, first.unmatched, strict=True):
+        assert served.messages[-1] == unmatched.messages[-1] and served.completion == unmatched.completion
+        item_kind = served.messages[-1]["content"].split()[-1].rstrip(".")
+        nearest = retriever.top([served.messages[-1]], k * retrieval.UNMATCHED_SKIP)
+        near_texts = {shot.completion for shot in nearest}
+        served_texts = [m["content"] for m in served.messages if m["role"] == "assistant"]
+        unmatched_texts = [m["content"] for m in unmatched.messages if m["role"] == "assistant"]
+        assert len(served_texts) == len(unmatched_texts) == k
+        assert all(item_kind in text for text in served_texts)  # retrieval finds the same kind of request
+        assert not near_texts & set(unmatched_texts)  # none of the nearest k × UNMATCHED_SKIP

@@ -209,6 +209,22 @@ def test_the_retriever_leaves_out_excluded_examples_and_still_returns_k():
     assert retriever.top(query, 3, exclude=frozenset({1, 2, 3})) == []
 
 
+def test_unmatched_examples_come_from_outside_the_nearest_and_the_same_seed_draws_the_same():
+    words = ["parcel", "refund", "invoice", "discount", "address", "size"]
+    retriever = Retriever([shot(n, f"{words[n % 6]} {words[n % 6]} question {n}") for n in range(30)])
+    query = [{"role": "user", "content": "parcel parcel question"}]
+    nearest = {s.example_id for s in retriever.top(query, 2 * retrieval.UNMATCHED_SKIP)}
+
+    drawn = retriever.unmatched(query, 2, seed="item-7")
+
+    assert len(drawn) == 2 and not nearest & {s.example_id for s in drawn}
+    assert retriever.unmatched(query, 2, seed="item-7") == drawn
+    taken = frozenset(s.example_id for s in drawn)
+    again = {s.example_id for s in retriever.unmatched(query, 2, seed="item-7", exclude=taken)}
+    assert len(again) == 2 and not again & (taken | nearest)
+    assert retriever.unmatched(query, 0, seed="item-7") == []
+
+
 def test_examples_with_an_empty_approved_text_are_not_indexed():
     retriever = Retriever([shot(1, "parcel courier", completion="   "), shot(2, "refund invoice")])
 
