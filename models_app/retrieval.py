@@ -82,8 +82,8 @@ class Retriever:
         `exclude`: examples of the house style that do not answer this input, as a new kind of request meets them."""
         if k <= 0:
             return []
-        near = {shot.example_id for shot in self.top(messages, k * UNMATCHED_SKIP, exclude=exclude)}
-        others = [shot for shot in self.shots if shot.example_id not in near | exclude]
+        left_out = exclude | {shot.example_id for shot in self.top(messages, k * UNMATCHED_SKIP, exclude=exclude)}
+        others = [shot for shot in self.shots if shot.example_id not in left_out]
         return random.Random(seed).sample(others, min(k, len(others)))
 
 
