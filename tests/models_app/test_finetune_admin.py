@@ -5,14 +5,12 @@ import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
-from annotations import services
 from models_app import finetuning
 from models_app.models import ActiveModel, DatasetSnapshot, FineTuneJob, ModelVersion
 from models_app.selectors import active_version_for
 from models_app.services import activate
-from tests.factories import DomainFactory, ItemFactory
-
-LEARN = {"epochs": 6, "learning_rate": 0.01, "batch_size": 4, "lora_rank": 8}
+from tests.factories import DomainFactory
+from tests.models_app.rounds import LEARN, approve_round
 
 
 @pytest.fixture(autouse=True)
@@ -34,16 +32,7 @@ def staff_manager(manager):
 def approved(domain, reviewer, tiny_model):
     domain.sampling = {"max_new_tokens": 12}
     domain.save()
-    for n in range(30):
-        ItemFactory(domain=domain, input=f"Customer message {n}: where is my parcel?", draft=f"Draft {n}.")
-        claimed = services.item_claim_next(reviewer=reviewer)
-        services.review_submit(
-            item_id=claimed.pk,
-            reviewer=reviewer,
-            decision="approve",
-            version=claimed.version,
-            final_text="Best regards, The Brightwater Support Team.",
-        )
+    approve_round(reviewer, domain)
     return domain
 
 

@@ -5,19 +5,16 @@ import json
 
 import pytest
 
-from annotations import services
 from models_app.models import FineTuneJob
 from models_app.selectors import active_version_for
 from models_app.services import activate
-from tests.factories import DomainFactory, ItemFactory
+from tests.factories import DomainFactory
+from tests.models_app.rounds import LEARN, approve_round
 
 
 @pytest.fixture(autouse=True)
 def adapters_in_tmp(settings, tmp_path):
     settings.SORA_ADAPTERS_DIR = tmp_path / "adapters"
-
-
-LEARN = {"epochs": 6, "learning_rate": 0.01, "batch_size": 4, "lora_rank": 8}
 
 
 @pytest.fixture
@@ -26,16 +23,7 @@ def approved(domain, reviewer, tiny_model, settings):
     settings.SORA_EVAL_MIN_ITEMS = 3  # the tiny model learns fast: a handful of held-out items decides
     domain.sampling = {"max_new_tokens": 12}
     domain.save()
-    for n in range(30):
-        ItemFactory(domain=domain, input=f"Customer message {n}: where is my parcel?", draft=f"Draft {n}.")
-        claimed = services.item_claim_next(reviewer=reviewer)
-        services.review_submit(
-            item_id=claimed.pk,
-            reviewer=reviewer,
-            decision="approve",
-            version=claimed.version,
-            final_text="Best regards, The Brightwater Support Team.",
-        )
+    approve_round(reviewer, domain)
     return domain
 
 
@@ -108,7 +96,7 @@ def test_the_snapshot_a_job_trained_on_downloads_as_chat_jsonl(
 
     assert response.status_code == 200 and response["Content-Type"] == "application/jsonl"
     lines = [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines()]
-    assert len(lines) == snapshot["train_count"] + snapshot["heldout_count"] == 30
+    assert len(lines) == snapshot["train_count"] + snapshot["heldout_count"] == approved.items.count()
     assert [m["role"] for m in lines[0]["messages"]][-2:] == ["user", "assistant"]
 
 

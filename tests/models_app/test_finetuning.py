@@ -17,25 +17,12 @@ from models_app.finetuning import finetune_job_cancel, finetune_job_start, finet
 from models_app.models import DatasetSnapshot, FineTuneJob, ModelVersion, TrainingExample
 from models_app.selectors import active_version_for
 from tests.factories import ItemFactory
+from tests.models_app.rounds import LEARN, SIGN_OFF, approve_round
 
 
 @pytest.fixture(autouse=True)
 def adapters_in_tmp(settings, tmp_path):
     settings.SORA_ADAPTERS_DIR = tmp_path / "adapters"
-
-
-SIGN_OFF = "Best regards, The Brightwater Support Team."
-# Every training prompt with examples: the tiny model learns only the prompt shapes it saw, and the gate's prompts
-# all carry examples (with the default share of plain prompts its candidates were not confidently better).
-LEARN = {
-    "epochs": 6,
-    "min_steps": 0,
-    "learning_rate": 0.01,
-    "batch_size": 4,
-    "lora_rank": 8,
-    "checkpoint_every": 3,
-    "retrieval_share": 1.0,
-}
 
 
 @pytest.fixture
@@ -147,7 +134,7 @@ def test_a_domain_reaching_its_threshold_starts_a_run_by_itself(
 def test_approvals_train_a_candidate_that_is_promoted_and_writes_the_next_drafts(
     reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks
 ):
-    approve(reviewer, short_domain, 30)
+    approve_round(reviewer, short_domain)
 
     job = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
 
@@ -194,8 +181,9 @@ def test_a_candidate_that_is_no_better_is_kept_and_the_active_version_stays(
 def test_a_second_round_continues_from_the_promoted_version_and_replays_earlier_data(
     reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks
 ):
-    approve(reviewer, short_domain, 30)
+    approve_round(reviewer, short_domain)
     first = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
+    assert first.outcome == "promoted", first.evaluation.get("reasons")
     approve(reviewer, short_domain, 8)
 
     second = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
@@ -297,7 +285,7 @@ def test_a_job_whose_worker_died_resumes_from_its_checkpoint(
 def test_a_rollback_points_the_domain_back_at_the_parent(
     reviewer, manager, short_domain, tiny_model, django_capture_on_commit_callbacks
 ):
-    approve(reviewer, short_domain, 30)
+    approve_round(reviewer, short_domain)
     job = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
     assert job.outcome == "promoted"
 
@@ -353,7 +341,7 @@ def test_no_automatic_promotion_over_a_version_a_manager_changed_during_the_run(
 ):
     from models_app.services import activate
 
-    approve(reviewer, short_domain, 30)
+    approve_round(reviewer, short_domain)
     other = ModelVersion.objects.create(name="by-hand", base_model=tiny_model.base_model)
     report = finetune_runner._Reporter.report
 
