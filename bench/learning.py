@@ -66,9 +66,10 @@ from bench._machine import git_state, loadavg, machine_info, torch_info  # noqa:
 
 # Styles 2 and 3 were test styles until their runs led to changes of the gate (2026-12-02: the signed-rank test;
 # 2026-12-03: the unmatched prompts): they are tuning styles now, and styles 6 and 7 (shops of their own) took
-# their places (docs/benchmarks.md).
+# their places (docs/benchmarks.md). Styles 8 and 9 (shops of their own) were added when the forgetting check
+# changed after styles 4, 5 and 7 had been looked at (2026-12-07): test styles nobody had seen.
 TUNE_STYLES = [0, 1, 2, 3]
-TEST_STYLES = [4, 5, 6, 7]
+TEST_STYLES = [4, 5, 6, 7, 8, 9]
 TARGET_FALL = 0.30
 TARGET_REPLAY_REGRESSION = 0.02
 TARGET_VS_BARE = 0.95  # the product's fall against the bare loop's (PRODUCT.md §8)
@@ -101,6 +102,10 @@ SHOPS = [
      "bottle cage", "folding lock"], ["cycling jersey", "padded shorts", "wind jacket"]),
     ("Fernhollow Tea Company", "FT", ["loose-leaf sampler", "cast-iron teapot", "tea caddy", "glass infuser mug",
      "bamboo tea tray", "matcha whisk set"], ["linen tea towel", "barista apron", "wool tea cosy"]),
+    ("Hartwell Stationery", "HS", ["fountain pen", "leather notebook", "desk organiser", "ink cartridge pack",
+     "letter opener", "wax seal kit"], ["printed tote bag", "wool beanie", "canvas work jacket"]),
+    ("Saltmarsh Surf Supply", "SS", ["surfboard leash", "wax comb", "board bag", "fin set", "dry bag",
+     "hooded beach towel"], ["wetsuit", "rash vest", "surf poncho"]),
 ]  # fmt: skip
 GREETINGS = ["Hi {first},", "Dear {first} {last},", "Hello {first},", "Good morning {first},"]
 OPENERS = [

@@ -26,7 +26,7 @@ gate does not decide at all (finetune_runner: SORA_EVAL_MIN_ITEMS).
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from scipy import stats
@@ -168,7 +168,7 @@ def replay_loss(ref: ModelRef, examples: list[Example], batch_size: int = 4, max
     losses = []
     with torch.inference_mode():
         for start in range(0, len(examples), batch_size):
-            chunk = [Example(e.messages, e.completion, 1.0) for e in examples[start : start + batch_size]]
+            chunk = [replace(e, weight=1.0) for e in examples[start : start + batch_size]]
             batch = collate(loaded.tokenizer, chunk, max_length)
             logits, labels = completion_logits(loaded.model, batch, loaded.device)
             losses.append(float(weighted_loss(logits, labels, batch.weights)) * len(chunk))

@@ -5,6 +5,10 @@ model could do. So every run mixes in some of the base model's own greedy answer
 general prompts (fixtures/general_prompts.json), and the gate measures forgetting on the others: the
 first GENERAL_TRAIN prompts are replay, the rest are never trained on. The answers are written once
 per base model by the training worker and kept under SORA_REPLAY_DIR.
+
+Training takes whole answers only. Forgetting is measured on every answer, those cut at MAX_NEW_TOKENS
+as far as they go: with only the whole ones the gate decided on 5 prompts, where one noisy figure
+could keep a candidate (docs/benchmarks.md, "Test styles so far").
 """
 
 import hashlib
@@ -24,11 +28,11 @@ logger = logging.getLogger(__name__)
 
 PROMPTS_FILE = Path(__file__).parent / "fixtures" / "general_prompts.json"
 MAX_NEW_TOKENS = 200
-GENERAL_TRAIN = 16  # of the 24 prompts; the other 8 measure forgetting
+GENERAL_TRAIN = 16  # of the 56 prompts; the other 40 measure forgetting
 
 
 def _cache_file(base_model: str, prompts: list[str]) -> Path:
-    key = json.dumps({"model": base_model, "prompts": prompts, "max_new_tokens": MAX_NEW_TOKENS})
+    key = json.dumps({"model": base_model, "prompts": prompts, "max_new_tokens": MAX_NEW_TOKENS, "format": 2})
     return Path(settings.SORA_REPLAY_DIR) / f"general-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -36,8 +40,9 @@ def general_examples(
     base_model: str, on_item: Callable[[int, int], None] = lambda done, total: None
 ) -> tuple[list[Example], list[Example]]:
     """(replay part, forgetting part): the base model's answers, written now if they are not kept yet.
-    Prompts it answered with nothing, or not within MAX_NEW_TOKENS, are left out: an answer cut short
-    would teach the model to stop mid-sentence. `on_item(done, total)` follows the writing."""
+    Empty answers are left out of both; answers cut at MAX_NEW_TOKENS are left out of replay (they would
+    teach the model to stop mid-sentence) and measured without an end (Example.ends). `on_item(done,
+    total)` follows the writing."""
     prompts = json.loads(PROMPTS_FILE.read_text())
     cache = _cache_file(base_model, prompts)
     if cache.is_file():
@@ -56,18 +61,19 @@ def general_examples(
                 on_text=lambda _: None,
                 should_stop=lambda: False,
             )
-            answers.append(output.text if len(output.token_logprobs) < MAX_NEW_TOKENS else "")
+            answers.append({"text": output.text, "ends": len(output.token_logprobs) < MAX_NEW_TOKENS})
             on_item(len(answers), len(prompts))
         cache.parent.mkdir(parents=True, exist_ok=True)
         # A name of its own: two workers writing the same answers at once each finish with a whole file.
         with tempfile.NamedTemporaryFile("w", dir=cache.parent, suffix=".partial", delete=False) as partial:
             partial.write(json.dumps(answers, ensure_ascii=False))
         os.replace(partial.name, cache)
-    examples = [
-        Example([{"role": "user", "content": prompt}], answer, 1.0)
-        for prompt, answer in zip(prompts, answers, strict=True)
+    numbered = [
+        (n, Example([{"role": "user", "content": prompt}], answer["text"], 1.0, ends=answer["ends"]))
+        for n, (prompt, answer) in enumerate(zip(prompts, answers, strict=True))
+        if answer["text"].strip()
     ]
     return (
-        [e for e in examples[:GENERAL_TRAIN] if e.completion.strip()],
-        [e for e in examples[GENERAL_TRAIN:] if e.completion.strip()],
+        [e for n, e in numbered if n < GENERAL_TRAIN and e.ends],
+        [e for n, e in numbered if n >= GENERAL_TRAIN],
     )

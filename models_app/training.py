@@ -34,6 +34,9 @@ class Example:
     messages: list[dict]
     completion: str
     weight: float = 1.0
+    # False for an answer cut at a token limit: scored as far as it goes, without an end of turn it never had.
+    # Only measuring uses such examples; training on them would teach the model to stop mid-sentence.
+    ends: bool = True
 
 
 @dataclass
@@ -71,12 +74,14 @@ def encode(tokenizer, example: Example, max_length: int) -> tuple[list[int], lis
     """Token ids of prompt + completion + end of turn, and labels that mask the prompt (-100).
 
     The prompt is the chat template with the generation prompt, exactly what generation feeds
-    the model; the completion ends with the end-of-turn token at which generation stops.
+    the model; the completion ends with the end-of-turn token at which generation stops (unless it
+    was cut at a limit: Example.ends).
     """
     prompt = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=True)
     if not isinstance(prompt, list):  # transformers 5 may return a BatchEncoding
         prompt = list(prompt["input_ids"])
-    completion = tokenizer(example.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    completion = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
+    completion += [tokenizer.eos_token_id] if example.ends else []
     completion = completion[: max_length - 1]
     prompt = prompt[-(max_length - len(completion)) :]  # a long prompt loses its start, never the answer
     return prompt + completion, [-100] * len(prompt) + completion

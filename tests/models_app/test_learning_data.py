@@ -341,10 +341,14 @@ def test_the_base_models_general_answers_are_written_once_and_kept_under_the_rep
     assert len(kept) == 1
     assert not list(settings.SORA_REPLAY_DIR.glob("*.partial"))
     answers = json.loads(kept[0].read_text())
-    # The tiny model never ends an answer by itself: every one was cut at the limit, kept as "" and left out
-    # (an answer cut short would teach the model to stop mid-sentence).
-    assert answers == [""] * len(prompts)
-    assert first == ([], [])
+    # The tiny model never ends an answer by itself: every one was cut at the limit. Replay leaves them out
+    # (an answer cut short would teach the model to stop mid-sentence); forgetting measures them as they are.
+    assert [answer["ends"] for answer in answers] == [False] * len(prompts)
+    replay, forgetting = first
+    assert replay == []
+    measured = [answer["text"] for answer in answers[general_replay.GENERAL_TRAIN :] if answer["text"].strip()]
+    assert [e.completion for e in forgetting] == measured and measured
+    assert not any(e.ends for e in forgetting)
 
     def no_generation(*args, **kwargs):
         raise AssertionError("the kept answers must be read, not written again")
@@ -353,9 +357,10 @@ def test_the_base_models_general_answers_are_written_once_and_kept_under_the_rep
     assert general_replay.general_examples(str(tiny_model_dir)) == first
 
 
-def test_kept_general_answers_split_into_replay_and_forgetting_leaving_out_empty_ones(settings, tmp_path):
+def test_kept_general_answers_split_into_whole_replay_and_forgetting_that_measures_cut_ones_too(settings, tmp_path):
     prompts = json.loads(general_replay.PROMPTS_FILE.read_text())
-    answers = [f"Answer {n}." if n % 4 else "" for n in range(len(prompts))]
+    # Every fourth answer empty, every third cut at the token limit.
+    answers = [{"text": f"Answer {n}." if n % 4 else "", "ends": bool(n % 3)} for n in range(len(prompts))]
     cache = general_replay._cache_file("some-model", prompts)
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps(answers))
@@ -363,10 +368,15 @@ def test_kept_general_answers_split_into_replay_and_forgetting_leaving_out_empty
     replay, forgetting = general_replay.general_examples("some-model")
 
     train_part = general_replay.GENERAL_TRAIN
-    assert [e.completion for e in replay] == [a for a in answers[:train_part] if a]
-    assert [e.completion for e in forgetting] == [a for a in answers[train_part:] if a]
+    assert [e.completion for e in replay] == [a["text"] for a in answers[:train_part] if a["text"] and a["ends"]]
+    assert all(e.ends for e in replay)
+    assert [(e.completion, e.ends) for e in forgetting] == [
+        (a["text"], a["ends"]) for a in answers[train_part:] if a["text"]
+    ]
+    assert not all(e.ends for e in forgetting)  # the cut ones are measured as far as they go
     assert replay[0].messages == [{"role": "user", "content": prompts[1]}]
     assert all(e.weight == 1.0 for e in replay + forgetting)
+    assert len(forgetting) >= 30  # enough prompts that one answer does not decide the gate's forgetting check
 
 
 def test_a_run_on_model_drafts_approved_unchanged_only_is_refused_up_front(

@@ -36,6 +36,15 @@ def test_only_the_completion_and_its_end_of_turn_are_trained_on(tokenizer):
     assert tokenizer.decode(trained[:-1]) == SIGN_OFF and trained[-1] == tokenizer.eos_token_id
 
 
+def test_an_answer_cut_at_a_limit_is_scored_without_an_end_of_turn_it_never_had(tokenizer):
+    cut = Example(examples(1)[0].messages, SIGN_OFF, 1.0, ends=False)
+
+    ids, labels = encode(tokenizer, cut, max_length=512)
+
+    trained = [token for token in labels if token != -100]
+    assert tokenizer.decode(trained) == SIGN_OFF and tokenizer.eos_token_id not in trained
+
+
 def test_a_long_prompt_loses_its_start_never_the_answer(tokenizer):
     example = Example([{"role": "user", "content": "word " * 400}], SIGN_OFF, 1.0)
 
