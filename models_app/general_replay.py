@@ -6,9 +6,9 @@ general prompts (fixtures/general_prompts.json), and the gate measures forgettin
 first GENERAL_TRAIN prompts are replay, the rest are never trained on. The answers are written once
 per base model by the training worker and kept under SORA_REPLAY_DIR.
 
-Training takes whole answers only. Forgetting is measured on every answer, those cut at MAX_NEW_TOKENS
-as far as they go: with only the whole ones the gate decided on 5 prompts, where one noisy figure
-could keep a candidate (docs/benchmarks.md, "Test styles so far").
+Training takes whole answers only. Forgetting is measured on every answer, those cut at the length limit
+(SORA_GENERAL_ANSWER_TOKENS) as far as they go: with only the whole ones the gate decided on 5 prompts,
+where one noisy figure could keep a candidate (docs/benchmarks.md, "Test styles so far").
 """
 
 import hashlib
@@ -27,12 +27,11 @@ from .training import Example
 logger = logging.getLogger(__name__)
 
 PROMPTS_FILE = Path(__file__).parent / "fixtures" / "general_prompts.json"
-MAX_NEW_TOKENS = 200
 GENERAL_TRAIN = 16  # of the 56 prompts; the other 40 measure forgetting
 
 
-def _cache_file(base_model: str, prompts: list[str]) -> Path:
-    key = json.dumps({"model": base_model, "prompts": prompts, "max_new_tokens": MAX_NEW_TOKENS, "format": 2})
+def _cache_file(base_model: str, prompts: list[str], max_new_tokens: int) -> Path:
+    key = json.dumps({"model": base_model, "prompts": prompts, "max_new_tokens": max_new_tokens, "format": 2})
     return Path(settings.SORA_REPLAY_DIR) / f"general-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -40,11 +39,12 @@ def general_examples(
     base_model: str, on_item: Callable[[int, int], None] = lambda done, total: None
 ) -> tuple[list[Example], list[Example]]:
     """(replay part, forgetting part): the base model's answers, written now if they are not kept yet.
-    Empty answers are left out of both; answers cut at MAX_NEW_TOKENS are left out of replay (they would
+    Empty answers are left out of both; answers cut at the length limit are left out of replay (they would
     teach the model to stop mid-sentence) and measured without an end (Example.ends). `on_item(done,
     total)` follows the writing."""
     prompts = json.loads(PROMPTS_FILE.read_text())
-    cache = _cache_file(base_model, prompts)
+    limit = settings.SORA_GENERAL_ANSWER_TOKENS
+    cache = _cache_file(base_model, prompts, limit)
     if cache.is_file():
         answers = json.loads(cache.read_text())
     else:
@@ -57,11 +57,11 @@ def general_examples(
             output = backend.generate(
                 ref,
                 [{"role": "user", "content": prompt}],
-                Sampling(max_new_tokens=MAX_NEW_TOKENS),
+                Sampling(max_new_tokens=limit),
                 on_text=lambda _: None,
                 should_stop=lambda: False,
             )
-            answers.append({"text": output.text, "ends": len(output.token_logprobs) < MAX_NEW_TOKENS})
+            answers.append({"text": output.text, "ends": len(output.token_logprobs) < limit})
             on_item(len(answers), len(prompts))
         cache.parent.mkdir(parents=True, exist_ok=True)
         # A name of its own: two workers writing the same answers at once each finish with a whole file.

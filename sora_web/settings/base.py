@@ -255,6 +255,8 @@ SORA_MODELS_DIR = DATA_DIR / "models"
 SORA_ADAPTERS_DIR = DATA_DIR / "adapters"  # fine-tuned LoRA adapters and their checkpoints, per domain and run
 # The base models' own answers to general prompts (models_app/general_replay.py); several data dirs may share one.
 SORA_REPLAY_DIR = Path(env("SORA_REPLAY_DIR", default=str(DATA_DIR / "replay")))
+# Their length limit: an answer cut there is measured for forgetting but never trained on.
+SORA_GENERAL_ANSWER_TOKENS = env.int("SORA_GENERAL_ANSWER_TOKENS", default=200)
 SORA_BASE_MODEL = env("SORA_BASE_MODEL", default="")
 SORA_INFERENCE_BACKEND = env("SORA_INFERENCE_BACKEND", default="local")
 # Drafts written at once by `sora_serve`'s inference worker (each process holds its own copy of the model).

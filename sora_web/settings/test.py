@@ -36,6 +36,10 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # Rate limits stay on (the code path runs everywhere) but out of reach; tests/sora_web/test_throttling.py lowers them.
 SORA_API_RATES = {"user": "100000/min", "anon": "100000/min"}
 
+# The tiny test model never ends an answer: 56 general answers of 200 tokens took a job's worker about 100 s to
+# write, per replay directory, before its first step.
+SORA_GENERAL_ANSWER_TOKENS = 16
+
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 
 # No collectstatic before tests.

@@ -24,6 +24,11 @@ LEARN = {
     "retrieval_share": 1.0,
 }
 
+# The tiny model's answers to the general prompts are its own random tokens, every one cut at the token limit; a
+# round that teaches it a sign-off at the rate above moves its loss on them by several percent (9.27 → 9.88 in one
+# run), which says nothing about forgetting in a real model. The check itself is tested in test_gate.py.
+REPLAY_TOLERANCE = 0.25
+
 
 def approve_round(reviewer, domain, *, heldout: int = 10, train: int = 20, final_text: str = SIGN_OFF) -> None:
     """Approves parcel questions with `final_text` until at least `heldout` of them are held out and `train`

@@ -10,7 +10,7 @@ from models_app.models import ActiveModel, DatasetSnapshot, FineTuneJob, ModelVe
 from models_app.selectors import active_version_for
 from models_app.services import activate
 from tests.factories import DomainFactory
-from tests.models_app.rounds import LEARN, approve_round
+from tests.models_app.rounds import LEARN, REPLAY_TOLERANCE, approve_round
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +18,7 @@ def adapters_in_tmp(settings, tmp_path):
     settings.SORA_ADAPTERS_DIR = tmp_path / "adapters"
     settings.SORA_HELDOUT_PERCENT = 30
     settings.SORA_EVAL_MIN_ITEMS = 3  # the tiny model learns fast: a handful of held-out items decides
+    settings.SORA_REPLAY_TOLERANCE = REPLAY_TOLERANCE
     settings.SORA_FINETUNE_DEFAULTS = LEARN
 
 
@@ -53,7 +54,7 @@ def test_a_manager_starts_a_run_from_the_domain_and_reads_its_curve_and_report(
         response = action(client, "annotations_domain", "start_finetune", [approved.pk])
     job = FineTuneJob.objects.get()
     assert any("queued" in text for text in texts(response))
-    assert (job.status, job.outcome) == ("succeeded", "promoted"), job.error
+    assert (job.status, job.outcome) == ("succeeded", "promoted"), job.evaluation.get("reasons")
 
     page = client.get(reverse("admin:models_app_finetunejob_change", args=[job.pk])).content.decode()
     assert 'id="job-live"' in page and "js/job_live" in page  # live progress over /ws/jobs/{id}/

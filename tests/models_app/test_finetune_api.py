@@ -9,7 +9,7 @@ from models_app.models import FineTuneJob
 from models_app.selectors import active_version_for
 from models_app.services import activate
 from tests.factories import DomainFactory
-from tests.models_app.rounds import LEARN, approve_round
+from tests.models_app.rounds import LEARN, REPLAY_TOLERANCE, approve_round
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +21,7 @@ def adapters_in_tmp(settings, tmp_path):
 def approved(domain, reviewer, tiny_model, settings):
     settings.SORA_HELDOUT_PERCENT = 30
     settings.SORA_EVAL_MIN_ITEMS = 3  # the tiny model learns fast: a handful of held-out items decides
+    settings.SORA_REPLAY_TOLERANCE = REPLAY_TOLERANCE
     domain.sampling = {"max_new_tokens": 12}
     domain.save()
     approve_round(reviewer, domain)

@@ -329,7 +329,7 @@ def test_with_retrieval_share_zero_no_training_prompt_carries_examples(first_rou
 def test_the_base_models_general_answers_are_written_once_and_kept_under_the_replay_dir(
     tiny_model_dir, settings, monkeypatch
 ):
-    monkeypatch.setattr(general_replay, "MAX_NEW_TOKENS", 8)  # a short limit: the tiny model answers quickly
+    settings.SORA_GENERAL_ANSWER_TOKENS = 8  # a short limit: the tiny model answers quickly
     prompts = json.loads(general_replay.PROMPTS_FILE.read_text())
 
     progress = []
@@ -361,7 +361,7 @@ def test_kept_general_answers_split_into_whole_replay_and_forgetting_that_measur
     prompts = json.loads(general_replay.PROMPTS_FILE.read_text())
     # Every fourth answer empty, every third cut at the token limit.
     answers = [{"text": f"Answer {n}." if n % 4 else "", "ends": bool(n % 3)} for n in range(len(prompts))]
-    cache = general_replay._cache_file("some-model", prompts)
+    cache = general_replay._cache_file("some-model", prompts, settings.SORA_GENERAL_ANSWER_TOKENS)
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps(answers))
 
