@@ -24,10 +24,11 @@ LEARN = {
     "retrieval_share": 1.0,
 }
 
-# The tiny model's answers to the general prompts are its own random tokens, every one cut at the token limit; a
-# round that teaches it a sign-off at the rate above moves its loss on them by several percent (9.27 → 9.88 in one
-# run), which says nothing about forgetting in a real model. The check itself is tested in test_gate.py.
-REPLAY_TOLERANCE = 0.25
+# The tiny model's answers to the general prompts are its own random tokens, every one cut at the length limit;
+# a round that teaches it a sign-off at the rate above raised its loss on them by 7% to 30% across id offsets
+# (8.46 → 10.99 at worst), which says nothing about forgetting in a real model. So the loop tests leave the
+# forgetting check out of their decision (it still runs); the check itself is tested in test_gate.py.
+REPLAY_TOLERANCE = 10.0
 
 
 def approve_round(reviewer, domain, *, heldout: int = 10, train: int = 20, final_text: str = SIGN_OFF) -> None:

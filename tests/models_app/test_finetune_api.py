@@ -62,7 +62,7 @@ def test_a_manager_starts_a_job_watches_it_and_the_candidate_is_promoted(
     job_id = response.json()["id"]
 
     job = api.get(f"/api/v1/finetune-jobs/{job_id}/").json()
-    assert (job["status"], job["outcome"]) == ("succeeded", "promoted"), job["error"]
+    assert (job["status"], job["outcome"]) == ("succeeded", "promoted"), job["evaluation"].get("reasons")
     assert job["loss_history"] and job["evaluation"]["promote"] is True
     listed = api.get("/api/v1/finetune-jobs/").json()["results"][0]
     assert "loss_history" not in listed and listed["loss"] == job["loss_history"][-1][1]
