@@ -111,6 +111,7 @@ def running_stack(data_dir, tiny_model_dir):
     """`sora_serve` on a fresh data directory: embedded Redis, both Celery workers, Daphne; the tiny model active."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(DJANGO_SETTINGS_MODULE="sora_web.settings.local", SORA_DATA_DIR=str(data_dir), DJANGO_DEBUG="0")
+    env.update(SORA_GENERAL_ANSWER_TOKENS="16")  # as in the test settings: the tiny model never ends an answer
     manage = [sys.executable, "manage.py"]
 
     def run(*args: str) -> str:
