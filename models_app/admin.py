@@ -229,18 +229,22 @@ class FineTuneJobAdmin(admin.ModelAdmin):
         report = job.evaluation
         if not report:
             return "Not evaluated yet."
-        sides = [report[side] for side in ("active", "candidate") if side in report]  # none when not decided
+        floors = report.get("retrieval_floor", {})
+        sides = [(name, report[name]) for name in ("active", "candidate") if name in report]  # none when not decided
         rows = [
             (
                 side["version"],
+                "the k nearest" if not floors.get(name) else f"those ≥ {floors[name]:.2f} near",
                 f"{side['edit_distance']:.3f}",
                 f"{side['chrf']:.3f}",
                 _fmt(side.get("served_edit_distance")),
                 _fmt(side.get("replay_loss")),
             )
-            for side in sides
+            for name, side in sides
         ]
-        table = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows)
+        table = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows
+        )
         reasons = format_html_join("", "<li>{}</li>", ((reason,) for reason in report["reasons"]))
         confidence = report.get("confidence")
         gain = ""
@@ -256,7 +260,8 @@ class FineTuneJobAdmin(admin.ModelAdmin):
                 f"{confidence['p_value']:.3f}",
             )
         return format_html(
-            "<table><thead><tr><th>version</th><th>edit distance (unmatched examples; deciding)</th><th>chrF</th>"
+            "<table><thead><tr><th>version</th><th>examples shown</th>"
+            "<th>edit distance (unmatched examples; deciding)</th><th>chrF</th>"
             "<th>edit distance (nearest examples, as served)</th><th>replay loss</th></tr></thead>"
             "<tbody>{}</tbody></table><p>{} held-out items of this round, {} replay items.{} Promote: {}.</p>"
             "<ul>{}</ul>",

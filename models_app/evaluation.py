@@ -12,9 +12,10 @@ generation does, through the same backend) and are scored against the approved t
 The approved text is cut to the drafts' own token limit before it is scored: a draft cannot be
 longer than max_new_tokens, so the part of a reference beyond it is not held against either version.
 
-Each held-out item is drafted from two prompts, the same for both versions (finetune_runner.decision_set):
-with examples that are not like it ("unmatched": the deciding drafts, what a version writes for a new kind
-of request) and with the examples retrieval finds ("served", as drafts are served). The candidate is
+Each held-out item is drafted from two prompts (finetune_runner.decision_set): with examples that are not
+like it ("unmatched": the deciding drafts, what a version writes for a new kind of request) and with the
+examples retrieval finds ("served", as drafts are served). Each version is shown of these examples what it
+would be shown when served (a fine-tuned one only the near ones: retrieval.shot_floor). The candidate is
 promoted when, on the unmatched prompts, its edit distance is lower by at least `margin` on average and a
 one-sided Wilcoxon signed-rank test of the paired gains says it is better (p < ALPHA; paired_gain says why
 ranks and not the mean's t interval, which is reported beside it); on the served prompts it is no worse

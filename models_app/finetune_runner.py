@@ -29,7 +29,7 @@ from .hyperparameters import TrainingSettings, steps_for
 from .inference.base import Sampling
 from .inference.prompts import sampling_from, with_shots
 from .models import ActiveModel, FineTuneJob, ModelVersion
-from .retrieval import Retriever, shots_from
+from .retrieval import Retriever, Shot, shot_floor, shots_from
 from .training import Example, Progress, TrainingCancelled, train
 
 logger = logging.getLogger(__name__)
@@ -278,28 +278,48 @@ def _promotion_blocker(job: FineTuneJob) -> str:
     return ""
 
 
-@dataclass
-class DecisionSet:
-    """The same held-out items prompted two ways (the same for both versions): `served` with the examples
-    retrieval finds for each, as drafts are served; `unmatched` with examples that are not like it."""
+@dataclass(frozen=True)
+class GateItem:
+    """A held-out item with the examples it may be prompted with: `nearest`, those retrieval finds for it, as a
+    draft of it is served; `drawn`, examples that are not like it. Each pairs a shot with its nearness."""
 
-    served: list[Example]
-    unmatched: list[Example]
+    example: Example
+    nearest: list[tuple[Shot, float]]
+    drawn: list[tuple[Shot, float]]
+
+    def prompted(self, shots: list[tuple[Shot, float]], floor: float) -> Example:
+        pairs = [(shot.messages, shot.completion) for shot, nearness in shots if nearness >= floor]
+        return Example(with_shots(self.example.messages, pairs), self.example.completion, 1.0)
+
+
+@dataclass(frozen=True)
+class DecisionSet:
+    """The held-out items the gate decides on, each prompted two ways, and for each version with the examples
+    that version would be shown when served (retrieval.shot_floor): `served` with its nearest examples,
+    `unmatched` with examples that are not like it."""
+
+    items: list[GateItem]
+
+    def served(self, floor: float = 0.0) -> list[Example]:
+        return [item.prompted(item.nearest, floor) for item in self.items]
+
+    def unmatched(self, floor: float = 0.0) -> list[Example]:
+        return [item.prompted(item.drawn, floor) for item in self.items]
 
 
 def decision_set(job: FineTuneJob) -> DecisionSet:
     """The held-out items the gate decides on: those of this round (new since the last finished run) that
     teach something, so that a new house style is judged on itself and not averaged with earlier data (which
     the forgetting check covers); all teaching held-out items when the snapshot holds nothing new (a manager's
-    re-run). The newest SORA_EVAL_MAX_ITEMS, each prompted with examples from the snapshot's training split:
+    re-run). The newest SORA_EVAL_MAX_ITEMS, each with examples from the snapshot's training split:
 
-    - served: the k that retrieval finds, as a draft of it would be served;
-    - unmatched: k drawn at random (seeded by the item) from outside its nearest (Retriever.unmatched). A
+    - nearest: the k that retrieval finds, as a draft of it would be served;
+    - drawn: k drawn at random (seeded by the item) from outside its nearest (Retriever.unmatched). A
       held-out item of this round has near-copies among this round's corrections, and with them in the
       prompt both versions copy the answer (the base model scored 0.017 on such items of bench/learning.py's
-      style 3, leaving a fine-tune nothing to win); a new kind of request has none. Unmatched prompts show
-      what a version writes then, with examples of the house style that do not answer the question
-      (evaluation.decide)."""
+      style 3, leaving a fine-tune nothing to win); a new kind of request has none. Prompts with these show
+      what a version writes then: a base version with examples of the house style that do not answer the
+      question, a fine-tuned one with those few of them near enough to be served to it (evaluation.decide)."""
     heldout = datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.HELDOUT)
     new_ids = datasets.snapshot_new_ids(snapshot=job.snapshot)
     teaching = [e for e in heldout if e.weight > 0]
@@ -310,18 +330,22 @@ def decision_set(job: FineTuneJob) -> DecisionSet:
         e for e in datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.TRAIN) if e.weight > 0
     )
     retriever, k = Retriever(pool), job.domain.retrieval_examples
-    served, unmatched = [], []
+    items = []
     for e in chosen:
         nearest, drawn = retriever.top(e.messages, k), retriever.unmatched(e.messages, k, seed=f"sora-gate:{e.pk}")
-        for prompts, shots in ((served, nearest), (unmatched, drawn)):
-            pairs = [(shot.messages, shot.completion) for shot in shots]
-            prompts.append(Example(with_shots(e.messages, pairs), e.completion, 1.0))
-    return DecisionSet(served, unmatched)
+        items.append(
+            GateItem(
+                Example(e.messages, e.completion, 1.0),
+                list(zip(nearest, retriever.nearness(e.messages, nearest), strict=True)),
+                list(zip(drawn, retriever.nearness(e.messages, drawn), strict=True)),
+            )
+        )
+    return DecisionSet(items)
 
 
 def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
     chosen = decision_set(job)
-    items = len(chosen.served)
+    items = len(chosen.items)
     domain_sampling = sampling_from(job.domain.sampling)
     # Greedy, whatever the domain samples with: the comparison must not depend on chance.
     sampling = Sampling(
@@ -358,13 +382,14 @@ def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
 
         return after_each
 
-    scores = {}
+    scores, floors = {}, {}
     for side, version in (("active", job.base_version), ("candidate", job.candidate)):
         after_each = between_items("active version" if side == "active" else "candidate")
-        ref = version.model_ref()
+        ref, floor = version.model_ref(), shot_floor(version)  # each is shown the examples it would be served
+        floors[side] = floor
         scores[side] = (
-            evaluation.score(ref, chosen.unmatched, data.forgetting, sampling, on_item=after_each),
-            evaluation.score(ref, chosen.served, [], sampling, on_item=after_each),
+            evaluation.score(ref, chosen.unmatched(floor), data.forgetting, sampling, on_item=after_each),
+            evaluation.score(ref, chosen.served(floor), [], sampling, on_item=after_each),
         )
     (active, served_active), (candidate, served_candidate) = scores["active"], scores["candidate"]
     promote, reasons = evaluation.decide(
@@ -380,11 +405,12 @@ def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
         active={"version": job.base_version.name, **active.as_dict(), **served_active.as_dict(prefix="served_")},
         candidate={"version": job.candidate.name, **candidate.as_dict(), **served_candidate.as_dict(prefix="served_")},
         confidence=evaluation.paired_gain(active, candidate).as_dict(),
+        retrieval_floor=floors,
         promote=promote,
         reasons=reasons,
         samples=[
-            {"approved": e.completion, "active": a, "candidate": c}
-            for e, a, c in list(zip(chosen.unmatched, active.drafts, candidate.drafts, strict=True))[:3]
+            {"approved": e.example.completion, "active": a, "candidate": c}
+            for e, a, c in list(zip(chosen.items, active.drafts, candidate.drafts, strict=True))[:3]
         ],
     )
     return report, promote

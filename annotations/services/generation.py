@@ -216,7 +216,7 @@ def generation_run(generation_id: int) -> None:
     try:
         output = get_backend().generate(
             version.model_ref(),
-            prompt_for_item(item=item),  # the domain's prompt, after its most similar approved examples
+            prompt_for_item(item=item, version=version),  # the domain's prompt, after its nearest approved examples
             sampling_from(item.domain.sampling),
             on_text=stream.add,
             should_stop=CancelPoll(stream),

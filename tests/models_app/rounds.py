@@ -24,6 +24,12 @@ LEARN = {
     "retrieval_share": 1.0,
 }
 
+# A round's inputs differ only by their number, a word no other example shares, so retrieval.Retriever.nearness calls
+# every example far and a fine-tuned version would be shown none: a prompt shape the tiny model never learnt (LEARN
+# trains on every prompt with examples). The loop tests show each version the k nearest, as a base version is shown
+# them; the floor itself is tested in test_retrieval.py and test_gate.py.
+FLOOR = 0.0
+
 # The tiny model's answers to the general prompts are its own random tokens, every one cut at the length limit;
 # a round that teaches it a sign-off at the rate above raised its loss on them by 7% to 30% across id offsets
 # (8.46 → 10.99 at worst), which says nothing about forgetting in a real model. So the loop tests leave the

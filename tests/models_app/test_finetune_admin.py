@@ -10,7 +10,7 @@ from models_app.models import ActiveModel, DatasetSnapshot, FineTuneJob, ModelVe
 from models_app.selectors import active_version_for
 from models_app.services import activate
 from tests.factories import DomainFactory
-from tests.models_app.rounds import LEARN, REPLAY_TOLERANCE, approve_round
+from tests.models_app.rounds import FLOOR, LEARN, REPLAY_TOLERANCE, approve_round
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +19,7 @@ def adapters_in_tmp(settings, tmp_path):
     settings.SORA_HELDOUT_PERCENT = 30
     settings.SORA_EVAL_MIN_ITEMS = 3  # the tiny model learns fast: a handful of held-out items decides
     settings.SORA_REPLAY_TOLERANCE = REPLAY_TOLERANCE
+    settings.SORA_RETRIEVAL_FINETUNED_FLOOR = FLOOR  # rounds.FLOOR says why
     settings.SORA_FINETUNE_DEFAULTS = LEARN
 
 
@@ -60,6 +61,7 @@ def test_a_manager_starts_a_run_from_the_domain_and_reads_its_curve_and_report(
     assert 'id="job-live"' in page and "js/job_live" in page  # live progress over /ws/jobs/{id}/
     assert "<svg" in page and 'id="job-loss"' in page
     assert "edit distance" in page and "Promote: yes" in page
+    assert "examples shown" in page and "the k nearest" in page  # what each version was prompted with
 
     version_page = client.get(reverse("admin:models_app_modelversion_change", args=[job.candidate_id])).content
     assert b'id="version-edit-distance"' in version_page and b'id="version-loss"' in version_page

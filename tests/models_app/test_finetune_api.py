@@ -9,7 +9,7 @@ from models_app.models import FineTuneJob
 from models_app.selectors import active_version_for
 from models_app.services import activate
 from tests.factories import DomainFactory
-from tests.models_app.rounds import LEARN, REPLAY_TOLERANCE, approve_round
+from tests.models_app.rounds import FLOOR, LEARN, REPLAY_TOLERANCE, approve_round
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +22,7 @@ def approved(domain, reviewer, tiny_model, settings):
     settings.SORA_HELDOUT_PERCENT = 30
     settings.SORA_EVAL_MIN_ITEMS = 3  # the tiny model learns fast: a handful of held-out items decides
     settings.SORA_REPLAY_TOLERANCE = REPLAY_TOLERANCE
+    settings.SORA_RETRIEVAL_FINETUNED_FLOOR = FLOOR  # rounds.FLOOR says why
     domain.sampling = {"max_new_tokens": 12}
     domain.save()
     approve_round(reviewer, domain)

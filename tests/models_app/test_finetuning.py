@@ -17,7 +17,7 @@ from models_app.finetuning import finetune_job_cancel, finetune_job_start, finet
 from models_app.models import DatasetSnapshot, FineTuneJob, ModelVersion, TrainingExample
 from models_app.selectors import active_version_for
 from tests.factories import ItemFactory
-from tests.models_app.rounds import LEARN, REPLAY_TOLERANCE, SIGN_OFF, approve_round
+from tests.models_app.rounds import FLOOR, LEARN, REPLAY_TOLERANCE, SIGN_OFF, approve_round
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +30,7 @@ def short_domain(domain, settings):
     settings.SORA_HELDOUT_PERCENT = 30
     settings.SORA_EVAL_MIN_ITEMS = 3  # a handful of held-out items decides here: the tiny model learns fast
     settings.SORA_REPLAY_TOLERANCE = REPLAY_TOLERANCE
+    settings.SORA_RETRIEVAL_FINETUNED_FLOOR = FLOOR  # rounds.FLOOR says why
     settings.SORA_FINETUNE_QUIET_SECONDS = 0
     domain.sampling = {"max_new_tokens": 12}
     domain.save()

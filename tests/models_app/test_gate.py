@@ -246,7 +246,7 @@ def test_the_second_round_is_decided_on_its_own_held_out_items_only(
     # The first round's held-out items are still in the snapshot, but not in what this round is decided on.
     assert second.snapshot.heldout_count == held_out(first_ids) + held_out(second_ids)
     assert second.evaluation["heldout_items"] == held_out(second_ids)
-    decided_on = finetune_runner.decision_set(second).served
+    decided_on = finetune_runner.decision_set(second).served()
     assert [e.completion for e in decided_on] == ["Round two: kind regards."] * held_out(second_ids)
 
 
@@ -270,7 +270,7 @@ def test_a_round_with_no_held_out_items_of_its_own_is_not_decided_on_earlier_one
 
     second = run_job(django_capture_on_commit_callbacks, domain=short_domain, user=manager, hyperparameters=LEARN)
 
-    assert finetune_runner.decision_set(second).served == []
+    assert finetune_runner.decision_set(second).served() == []
     assert (second.evaluation["decided"], second.evaluation["heldout_items"]) == (False, 0)
     assert "only 0 held-out items of this round" in second.evaluation["reasons"][0]
 
@@ -292,6 +292,8 @@ def test_the_evaluation_tells_the_live_channel_how_far_it_is(
     # The first always goes out; later ones at most once a second.
     assert f"evaluating: the active version's draft 1 of {2 * held_out(ids)}" in stages  # unmatched + served
     assert all(stage.startswith("evaluating: the ") for stage in stages)
+    # Each version was prompted as it is served: the base version with the nearest examples, the adapter with near ones.
+    assert job.evaluation["retrieval_floor"] == {"active": 0.0, "candidate": settings.SORA_RETRIEVAL_FINETUNED_FLOOR}
 
 
 def test_each_held_out_item_is_also_prompted_with_examples_from_outside_its_nearest(
@@ -311,11 +313,11 @@ def test_each_held_out_item_is_also_prompted_with_examples_from_outside_its_near
 
     first, again = finetune_runner.decision_set(job), finetune_runner.decision_set(job)
 
-    assert len(first.served) == len(first.unmatched) == job.snapshot.heldout_count > 0
+    assert len(first.served()) == len(first.unmatched()) == job.snapshot.heldout_count > 0
     assert first == again  # drawn from a seed of the item: the same every time
     pool = [e for e in datasets.snapshot_examples(snapshot=job.snapshot, split=datasets.TRAIN) if e.weight > 0]
     retriever = retrieval.Retriever(retrieval.shots_from(pool))
-    for served, unmatched in zip(first.served, first.unmatched, strict=True):
+    for served, unmatched in zip(first.served(), first.unmatched(), strict=True):
         assert served.messages[-1] == unmatched.messages[-1] and served.completion == unmatched.completion
         item_kind = served.messages[-1]["content"].split()[-1].rstrip(".")
         nearest = retriever.top([served.messages[-1]], k * retrieval.UNMATCHED_SKIP)
@@ -325,3 +327,7 @@ def test_each_held_out_item_is_also_prompted_with_examples_from_outside_its_near
         assert len(served_texts) == len(unmatched_texts) == k
         assert all(item_kind in text for text in served_texts)  # retrieval finds the same kind of request
         assert not near_texts & set(unmatched_texts)  # none of the nearest k × UNMATCHED_SKIP
+    # A fine-tuned version is prompted as it would be served: with the near examples only (retrieval.shot_floor).
+    floor = settings.SORA_RETRIEVAL_FINETUNED_FLOOR
+    assert first.served(floor) == first.served()  # the same kind of request: near enough
+    assert [e.messages for e in first.unmatched(floor)] == [[e.messages[-1]] for e in first.unmatched()]
