@@ -59,11 +59,11 @@ class Retriever:
     def __init__(self, shots: list[Shot]) -> None:
         self.shots = [s for s in shots if s.completion.strip()]
         self._index = None
+        texts = [s.query_text for s in self.shots]
         if self.shots:
             self._index = bm25s.BM25()
-            self._index.index(_tokenize([s.query_text for s in self.shots]), show_progress=False)
+            self._index.index(_tokenize(texts), show_progress=False)
         # Term counts for nearness(): the index's own scores depend on the pool and cannot be compared across inputs.
-        texts = [s.query_text for s in self.shots]
         self._terms = {s.example_id: Counter(w) for s, w in zip(self.shots, _words(texts), strict=True)}
         self._doc_freq = Counter(term for terms in self._terms.values() for term in terms)
         self._total_length = sum(terms.total() for terms in self._terms.values())
