@@ -130,3 +130,28 @@ def test_a_refused_start_is_a_message_and_reviewers_never_reach_the_admin(
 
     client.force_login(reviewer)
     assert client.get(reverse("admin:models_app_finetunejob_changelist")).status_code == 302
+
+
+def test_the_report_says_which_examples_each_version_was_shown():
+    from django.contrib.admin.sites import site
+
+    from models_app.admin import FineTuneJobAdmin
+
+    side = {"edit_distance": 0.5, "chrf": 0.6, "served_edit_distance": 0.1, "replay_loss": 1.0}
+    job = FineTuneJob(
+        evaluation={
+            "active": {"version": "base", **side},
+            "candidate": {"version": "ft-1", **side},
+            "retrieval_floor": {"active": 0.0, "candidate": 0.2},
+            "heldout_items": 12,
+            "replay_items": 3,
+            "promote": False,
+            "reasons": ["<b>not</b> better"],
+        }
+    )
+
+    html = str(FineTuneJobAdmin(FineTuneJob, site).evaluation_report(job))
+
+    assert "<td>base</td><td>the k nearest</td>" in html
+    assert "<td>ft-1</td><td>those ≥ 0.20 near</td>" in html
+    assert "&lt;b&gt;not&lt;/b&gt; better" in html  # reasons are text
