@@ -2,10 +2,12 @@
 roll back, retire, download the dataset. Reviewers (not staff) never get in; refusals are messages, not 500s."""
 
 import pytest
+from django.contrib.admin.sites import site
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from models_app import finetuning
+from models_app.admin import FineTuneJobAdmin
 from models_app.models import ActiveModel, DatasetSnapshot, FineTuneJob, ModelVersion
 from models_app.selectors import active_version_for
 from models_app.services import activate
@@ -133,10 +135,6 @@ def test_a_refused_start_is_a_message_and_reviewers_never_reach_the_admin(
 
 
 def test_the_report_says_which_examples_each_version_was_shown():
-    from django.contrib.admin.sites import site
-
-    from models_app.admin import FineTuneJobAdmin
-
     side = {"edit_distance": 0.5, "chrf": 0.6, "served_edit_distance": 0.1, "replay_loss": 1.0}
     job = FineTuneJob(
         evaluation={
