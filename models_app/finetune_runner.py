@@ -409,8 +409,8 @@ def _evaluate(job: FineTuneJob, data: RunData) -> tuple[dict, bool]:
         promote=promote,
         reasons=reasons,
         samples=[
-            {"approved": e.example.completion, "active": a, "candidate": c}
-            for e, a, c in list(zip(chosen.items, active.drafts, candidate.drafts, strict=True))[:3]
+            {"approved": item.example.completion, "active": a, "candidate": c}
+            for item, a, c in list(zip(chosen.items, active.drafts, candidate.drafts, strict=True))[:3]
         ],
     )
     return report, promote

@@ -280,7 +280,7 @@ SORA_FINETUNE_QUIET_SECONDS = env.int("SORA_FINETUNE_QUIET_SECONDS", default=120
 # …unless approvals never pause: a run starts anyway once its oldest new example is this old.
 SORA_FINETUNE_MAX_WAIT_SECONDS = env.int("SORA_FINETUNE_MAX_WAIT_SECONDS", default=3600)
 # A fine-tuned version is shown only the retrieved examples at least this near its input (retrieval.shot_floor);
-# a base version is shown the k nearest. Chosen on bench/learning.py's tuning styles (docs/benchmarks.md).
+# a base version is shown the k nearest. Chosen on bench/learning.py's tuning style 1 (docs/benchmarks.md).
 SORA_RETRIEVAL_FINETUNED_FLOOR = env.float("SORA_RETRIEVAL_FINETUNED_FLOOR", default=0.2)
 SORA_EVAL_MAX_ITEMS = env.int("SORA_EVAL_MAX_ITEMS", default=50)  # held-out items each version writes
 # Fewer held-out items of the round than this and the gate does not decide (the candidate is kept, and it says so);
