@@ -580,8 +580,15 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
 
         # Measured messages come after the demo items (priorities up to 5) and are never claimed: the corrections,
         # above both, are what the reviewer's claims reach.
+        def measure(phase: str, drafts: list[str]) -> None:
+            # Printed as each phase ends, so that a run cut short (a session's end) still says what it measured.
+            scores = result["phases"][phase] = score_drafts(drafts, heldout)
+            fall = 1 - scores["edit_distance"] / result["phases"]["before"]["edit_distance"]
+            print(f"  {phase}: edit distance {scores['edit_distance']:.3f}, chrF {scores['chrf']:.2f}, "
+                  f"fall {fall:.0%}", file=sys.stderr)  # fmt: skip
+
         ids = submit(integration, heldout, "before", priority=-5, with_draft=False)
-        result["phases"]["before"] = score_drafts(wait_drafted(integration, ids, "before"), heldout)
+        measure("before", wait_drafted(integration, ids, "before"))
 
         last_job = max([j["id"] for j in manager.call("GET", "/finetune-jobs/")["results"]], default=0)
         for round_name in ("round1", "round2"):
@@ -593,24 +600,26 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
             if round_name == "round1":
                 # Before the threshold's job has promoted anything: the base model with retrieval alone.
                 ids = submit(integration, heldout, "retrieval", priority=-5, with_draft=False)
-                result["phases"]["retrieval"] = score_drafts(wait_drafted(integration, ids, "retrieval"), heldout)
+                measure("retrieval", wait_drafted(integration, ids, "retrieval"))
             job = wait_job(manager, last_job, round_name, args.job_stall)
             last_job = job["id"]
             result["jobs"].append(job_summary(job))
+            print(f"  {round_name}: job {job['outcome'] or job['status']}: "
+                  f"{'; '.join(result['jobs'][-1]['gate']['reasons'] or [])}", file=sys.stderr)  # fmt: skip
             ids = submit(integration, heldout, f"after-{round_name}", priority=-5, with_draft=False)
-            result["phases"][round_name] = score_drafts(wait_drafted(integration, ids, round_name), heldout)
+            measure(round_name, wait_drafted(integration, ids, round_name))
             if job["outcome"] == "kept_as_candidate" and job["candidate"]:
                 # What the gate turned down: the candidate promoted by hand, measured, and rolled back.
                 name = f"{round_name}_candidate"
                 version = by_name(manager, job["candidate"])
                 manager.call("POST", f"/models/{version['id']}/promote/", json={})
                 ids = submit(integration, heldout, f"after-{name}", priority=-5, with_draft=False)
-                result["phases"][name] = score_drafts(wait_drafted(integration, ids, name), heldout)
+                measure(name, wait_drafted(integration, ids, name))
                 manager.call("POST", f"/models/{version['id']}/rollback/", json={})
         product.stop()
         if args.bare and result["jobs"]:
             bare = bare_reference(product.data_dir, result["jobs"][0]["snapshot"], heldout, model_path, replay_dir)
-            result["phases"]["bare"] = score_drafts(bare.pop("drafts"), heldout)
+            measure("bare", bare.pop("drafts"))
             result["bare"] = {k: v for k, v in bare.items() if k != "losses"}
     finally:
         product.stop()
