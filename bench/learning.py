@@ -578,8 +578,6 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
         manager = Api(product.port, "manager")
         heldout = data["heldout"]
 
-        # Measured messages come after the demo items (priorities up to 5) and are never claimed: the corrections,
-        # above both, are what the reviewer's claims reach.
         def measure(phase: str, drafts: list[str]) -> None:
             # Printed as each phase ends, so that a run cut short (a session's end) still says what it measured.
             scores = result["phases"][phase] = score_drafts(drafts, heldout)
@@ -587,6 +585,8 @@ def run_style(style: Style, args, model_path: str, replay_dir: Path, root: Path)
             print(f"  {phase}: edit distance {scores['edit_distance']:.3f}, chrF {scores['chrf']:.2f}, "
                   f"fall {fall:.0%}", file=sys.stderr)  # fmt: skip
 
+        # Measured messages come after the demo items (priorities up to 5) and are never claimed: the corrections,
+        # above both, are what the reviewer's claims reach.
         ids = submit(integration, heldout, "before", priority=-5, with_draft=False)
         measure("before", wait_drafted(integration, ids, "before"))
 
